@@ -1,0 +1,200 @@
+import math
+
+import pytest
+import torch
+from einops import rearrange
+from torch import nn
+
+from lofr.models.decoder import (Attention, DecoderLayer, KeypointClassifier, PoseDecoder,
+                                 fuse_response_maps, split_scales)
+
+SHAPES = [(4, 3), (2, 2), (1, 1)]  # three scales, L = 12 + 4 + 1 = 17
+
+
+def make_memory(b, d, shapes=SHAPES, seed=0):
+    """Flatten per-scale (B, d, h, w) maps the way the encoder does: row-major, scales in order."""
+    g = torch.Generator().manual_seed(seed)
+    maps = [torch.randn(b, d, h, w, generator=g) for h, w in shapes]
+    return torch.cat([rearrange(m, "b d h w -> b (h w) d") for m in maps], dim=1), maps
+
+
+def test_attention_weights_path_matches_sdpa_and_a_naive_loop():
+    torch.manual_seed(0)
+    attn = Attention(8, 2).eval()
+    q, k, v = torch.randn(2, 3, 8), torch.randn(2, 5, 8), torch.randn(2, 5, 8)
+    out_w, weights = attn(q, k, v, need_weights=True)
+    out_sdpa, none = attn(q, k, v)
+    assert none is None and weights.shape == (2, 2, 3, 5)
+    assert torch.allclose(out_w, out_sdpa, atol=1e-6)
+    assert torch.allclose(weights.sum(-1), torch.ones(2, 2, 3))
+    # naive reference: Eq. 5-8 head by head, query by query
+    qp, kp, vp = attn.q_proj(q), attn.k_proj(k), attn.v_proj(v)
+    ref = torch.zeros(2, 3, 8)
+    for b in range(2):
+        heads = []
+        for h in range(2):
+            sl = slice(4 * h, 4 * h + 4)
+            rows = []
+            for i in range(3):
+                s = torch.stack([qp[b, i, sl] @ kp[b, j, sl] / math.sqrt(4) for j in range(5)]).softmax(0)
+                assert torch.allclose(s, weights[b, h, i], atol=1e-6)
+                rows.append(sum(s[j] * vp[b, j, sl] for j in range(5)))
+            heads.append(torch.stack(rows))
+        ref[b] = attn.out_proj(torch.cat(heads, dim=-1))
+    assert torch.allclose(out_w, ref, atol=1e-5)
+
+
+def test_attention_matches_torch_multihead_attention():
+    torch.manual_seed(0)
+    ours = Attention(8, 4).eval()
+    mha = nn.MultiheadAttention(8, 4, batch_first=True).eval()
+    with torch.no_grad():
+        mha.in_proj_weight.copy_(torch.cat([ours.q_proj.weight, ours.k_proj.weight, ours.v_proj.weight]))
+        mha.in_proj_bias.copy_(torch.cat([ours.q_proj.bias, ours.k_proj.bias, ours.v_proj.bias]))
+        mha.out_proj.weight.copy_(ours.out_proj.weight)
+        mha.out_proj.bias.copy_(ours.out_proj.bias)
+    q, kv = torch.randn(2, 3, 8), torch.randn(2, 6, 8)
+    out, w = ours(q, kv, kv, need_weights=True)
+    ref, ref_w = mha(q, kv, kv, need_weights=True, average_attn_weights=True)
+    assert torch.allclose(out, ref, atol=1e-5)
+    assert torch.allclose(w.mean(1), ref_w, atol=1e-6)
+
+
+def test_split_scales_inverts_the_encoder_flattening():
+    memory, maps = make_memory(2, 3)
+    attn = rearrange(memory, "b l d -> b d l")  # treat the d channels as "queries"
+    for got, want in zip(split_scales(attn, SHAPES), maps):
+        assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="cover 16 positions but the memory has L=17"):
+        split_scales(attn, [(4, 3), (2, 2)])
+
+
+def test_fuse_response_maps_hand_computed():
+    # fine 2x2 map holding 0.6 at (0, 0); coarse 1x1 map holding 0.4.
+    # renormalised: fine -> [[1, 0], [0, 0]], coarse -> 0.25 everywhere; mean of the two:
+    fine = torch.tensor([[0.6, 0.0], [0.0, 0.0]]).view(1, 1, 2, 2)
+    coarse = torch.tensor([[0.4]]).view(1, 1, 1, 1)
+    fused = fuse_response_maps([fine, coarse])
+    assert torch.allclose(fused, torch.tensor([[0.625, 0.125], [0.125, 0.125]]).view(1, 1, 2, 2))
+    # zero mass stays zero rather than NaN
+    zero = fuse_response_maps([torch.zeros(1, 1, 2, 2)])
+    assert torch.equal(zero, torch.zeros(1, 1, 2, 2))
+
+
+def test_keypoint_classifier_per_keypoint_and_shared():
+    head = KeypointClassifier(2, num_keypoints=2)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0]]))
+        head.bias.copy_(torch.tensor([0.5, -1.0]))
+    x = torch.tensor([[[3.0, 4.0], [3.0, 4.0]]])  # the same query for both keypoints
+    assert torch.allclose(head(x), torch.tensor([[3.5, 7.0]]))  # 1*3 + .5, 2*4 - 1
+    with pytest.raises(ValueError, match="2 keypoints got 3"):
+        head(torch.randn(1, 3, 2))
+    shared = KeypointClassifier(2)
+    assert shared(torch.randn(4, 5, 2)).shape == (4, 5)
+
+
+@pytest.mark.parametrize("c", [17, 16, 14])
+@pytest.mark.parametrize("self_attn", [True, False])
+def test_pose_decoder_outputs(c, self_attn):
+    torch.manual_seed(0)
+    b, d, layers = 2, 16, 3
+    dec = PoseDecoder(d, 4, layers, 32, self_attn=self_attn, num_keypoints=c)
+    memory, _ = make_memory(b, d)
+    queries, pos = torch.randn(b, c, d), torch.randn(b, memory.shape[1], d)
+    out = dec(queries, memory, pos, SHAPES)
+    assert out["hs"].shape == (layers, b, c, d)
+    assert out["attn"].shape == (layers, b, c, 17)
+    assert [tuple(m.shape) for m in out["response_maps"]] == [(b, c, h, w) for h, w in SHAPES]
+    assert out["response_fused"].shape == (b, c, 4, 3)
+    assert out["part_feats"].shape == (b, c, d)
+    assert out["logits_per_layer"].shape == (layers, b, c)
+    assert torch.equal(out["logits"], out["logits_per_layer"][-1])
+    # attention is a distribution over all positions of all scales
+    total = sum(m.sum(dim=(-2, -1)) for m in out["response_maps"])
+    assert torch.allclose(total, torch.ones(b, c), atol=1e-5)
+    assert torch.allclose(out["response_fused"].sum(dim=(-2, -1)), torch.ones(b, c), atol=1e-5)
+    # part features = response-weighted pooling of the memory (naive loop)
+    a = out["attn"][-1]
+    ref = torch.stack([torch.stack([sum(a[i, k, l] * memory[i, l] for l in range(17)) for k in range(c)])
+                       for i in range(b)])
+    assert torch.allclose(out["part_feats"], ref, atol=1e-5)
+
+
+def test_response_map_peaks_where_the_memory_matches_the_query():
+    # one layer, no self-attention, q/k projections = identity: query k attends most to the memory
+    # position that carries a large copy of it; that position must come out at the right scale/pixel
+    torch.manual_seed(0)
+    d, c = 8, 3
+    dec = PoseDecoder(d, 1, 1, 16, self_attn=False, num_keypoints=c)
+    with torch.no_grad():
+        for proj in (dec.layers[0].cross_attn.q_proj, dec.layers[0].cross_attn.k_proj):
+            proj.weight.copy_(torch.eye(d))
+            proj.bias.zero_()
+    queries = torch.eye(d)[:c].unsqueeze(0)  # (1, C, d): one-hot queries
+    memory, maps = make_memory(1, d)
+    maps = [m * 0.01 for m in maps]
+    targets = [(0, 2, 1), (1, 1, 0), (2, 0, 0)]  # keypoint k -> (scale, row, col)
+    for k, (s, i, j) in enumerate(targets):
+        maps[s][0, :, i, j] = 20.0 * queries[0, k]
+    memory = torch.cat([rearrange(m, "b d h w -> b (h w) d") for m in maps], dim=1)
+    out = dec(queries, memory, None, SHAPES)
+    for k, (s, i, j) in enumerate(targets):
+        resp = out["response_maps"][s][0, k]
+        assert resp.max() > 0.9 and resp[i, j] == resp.max()
+
+
+def test_queries_are_independent_without_self_attention():
+    torch.manual_seed(0)
+    dec = PoseDecoder(16, 4, 2, 32, self_attn=False)  # shared head: any C
+    memory, _ = make_memory(1, 16)
+    q = torch.randn(1, 5, 16)
+    out = dec(q, memory, None, SHAPES)["hs"][-1]
+    q2 = q.clone()
+    q2[0, 1:] = torch.randn(4, 16)
+    assert torch.allclose(dec(q2, memory, None, SHAPES)["hs"][-1][0, 0], out[0, 0], atol=1e-6)
+    dec_sa = PoseDecoder(16, 4, 2, 32, self_attn=True)
+    a, b = dec_sa(q, memory, None, SHAPES)["hs"][-1], dec_sa(q2, memory, None, SHAPES)["hs"][-1]
+    assert not torch.allclose(a[0, 0], b[0, 0], atol=1e-4)
+
+
+def test_positions_go_into_queries_and_keys_not_values():
+    torch.manual_seed(0)
+    layer = DecoderLayer(8, 2, 16, self_attn=True).eval()
+    tgt, memory = torch.randn(1, 3, 8), torch.randn(1, 6, 8)
+    base, base_w = layer(tgt, memory)
+    zeros, zeros_w = layer(tgt, memory, torch.zeros(1, 6, 8), torch.zeros(1, 3, 8))
+    assert torch.allclose(base, zeros) and torch.allclose(base_w, zeros_w)
+    # a memory position encoding changes where the queries look, not what they read
+    pos = torch.randn(1, 6, 8)
+    _, w = layer(tgt, memory, pos)
+    assert not torch.allclose(w, base_w)
+    ca = layer.cross_attn
+    with torch.no_grad():
+        sa_out = layer.norm_sa(tgt + layer.self_attn(tgt, tgt, tgt)[0])
+        ref, ref_w = ca(sa_out, memory + pos, memory, need_weights=True)
+    assert torch.allclose(w, ref_w.mean(1), atol=1e-6)
+
+
+def test_decoder_gradients_reach_every_parameter():
+    torch.manual_seed(0)
+    dec = PoseDecoder(16, 4, 2, 32, num_keypoints=5)
+    memory, _ = make_memory(2, 16)
+    memory.requires_grad_(True)
+    q = torch.randn(2, 5, 16, requires_grad=True)
+    out = dec(q, memory, torch.randn_like(memory), SHAPES)
+    loss = out["logits"].sum() + out["part_feats"].pow(2).sum() + out["logits_per_layer"][0].sum()
+    loss.backward()
+    for name, p in list(dec.named_parameters()) + [("queries", q), ("memory", memory)]:
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_decoder_bad_inputs_raise():
+    dec = PoseDecoder(8, 2, 1, 16)
+    memory, _ = make_memory(1, 8)
+    with pytest.raises(ValueError, match="memory must be"):
+        dec(torch.randn(1, 3, 8), memory[..., :4], None, SHAPES)
+    with pytest.raises(ValueError, match="spatial_shapes"):
+        dec(torch.randn(1, 3, 8), memory, None, None)
+    with pytest.raises(ValueError, match="divisible"):
+        PoseDecoder(10, 4, 1, 16)
