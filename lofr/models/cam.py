@@ -1,0 +1,76 @@
+"""CNN classification head, class activation maps and keypoint vectors (paper Sec. 3.2, Eq. 1-2).
+
+From the backbone's feature map X (B, D, h, w):
+
+* X' = conv1x1(X) has one channel per keypoint class: (B, C, h, w);
+* GAP + FC (C -> C) give the multi-label logits (B, C) of the CNN branch (L_cls_cnn in Eq. 13).
+  The paper draws "FC and a softmax"; the labels are multi-label (several keypoints per crop) and
+  Eq. 12 is a per-class BCE, so the logits go through a sigmoid, not a softmax;
+* Eq. 1, the CAMs: m_c(x, y) = ReLU(sum_k w^c_k x'_k(x, y)), w = the FC weight (C, C). Since GAP
+  and FC are linear, logits_c = mean_{x,y} sum_k w^c_k x'_k(x, y) + b_c: the CAM before its ReLU
+  is the logit map whose average is the logit;
+* Eq. 2, the category-specific keypoint vectors F_c (B, C, D'):
+  f_c = sum_{i,j} x'_{i,j}[c] x^c_{i,j}, X^c = conv1x1(X) (B, D', h, w) — a pooling of X^c with
+  the c-th channel of X' as the spatial weight.
+
+Choice (Eq. 2's weighting is left open by the paper): the literal sum grows with h*w and mixes
+signs, so by default the weights are a spatial softmax of x'_c (positive, summing to 1 over the
+map, independent of the resolution): f_c = sum_{i,j} softmax_{ij}(x'_c) x^c_{i,j}.
+``weighting="mean"`` gives the literal sum divided by h*w and ``"sum"`` the literal sum.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import nn
+
+__all__ = ["CAMHead", "class_activation_maps", "keypoint_vectors"]
+
+WEIGHTINGS = ("softmax", "mean", "sum")
+
+
+def class_activation_maps(x_prime: torch.Tensor, fc_weight: torch.Tensor) -> torch.Tensor:
+    """Eq. 1: m_c(x, y) = ReLU(sum_k w^c_k x'_k(x, y)).
+
+    x_prime (B, K, h, w), fc_weight (C, K) -> cams (B, C, h, w), >= 0.
+    """
+    return torch.einsum("ck,bkhw->bchw", fc_weight, x_prime).relu()
+
+
+def keypoint_vectors(x_prime: torch.Tensor, x_c: torch.Tensor, weighting: str = "softmax") -> torch.Tensor:
+    """Eq. 2: f_c = sum_{i,j} a_c(i, j) x^c_{i,j}, with a_c from x'_c as chosen by ``weighting``
+    (``"softmax"``: spatial softmax of x'_c; ``"mean"``: x'_c / (h w); ``"sum"``: x'_c).
+
+    x_prime (B, C, h, w), x_c (B, D', h, w) -> F_c (B, C, D').
+    """
+    a = rearrange(x_prime, "b c h w -> b c (h w)")  # (B, C, N)
+    if weighting == "softmax":
+        a = a.softmax(dim=-1)
+    elif weighting == "mean":
+        a = a / a.shape[-1]
+    elif weighting != "sum":
+        raise ValueError(f"keypoint_vectors: weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    v = rearrange(x_c, "b d h w -> b (h w) d")  # (B, N, D')
+    return torch.bmm(a, v)  # (B, C, D')
+
+
+class CAMHead(nn.Module):
+    """X (B, in_channels, h, w) -> dict(logits (B, C), cams (B, C, h, w), protos (B, C, proto_dim),
+    x_prime (B, C, h, w)). See the module docstring for Eq. 1-2 and the ``weighting`` choice."""
+
+    def __init__(self, in_channels: int, num_keypoints: int, proto_dim: int, weighting: str = "softmax"):
+        super().__init__()
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"CAMHead: weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        self.to_classes = nn.Conv2d(in_channels, num_keypoints, 1)  # X -> X'
+        self.fc = nn.Linear(num_keypoints, num_keypoints)  # GAP(X') -> logits
+        self.to_proto = nn.Conv2d(in_channels, proto_dim, 1)  # X -> X^c
+        self.weighting = weighting
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        x_prime = self.to_classes(x)  # (B, C, h, w)
+        logits = self.fc(x_prime.mean(dim=(2, 3)))  # (B, C)
+        cams = class_activation_maps(x_prime, self.fc.weight)  # (B, C, h, w)  Eq. 1
+        protos = keypoint_vectors(x_prime, self.to_proto(x), self.weighting)  # (B, C, D')  Eq. 2
+        return {"logits": logits, "cams": cams, "protos": protos, "x_prime": x_prime}

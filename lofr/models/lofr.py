@@ -1,0 +1,347 @@
+"""LOFR assembled (paper Fig. 2), its configuration, and the paper's DETR-style baseline.
+
+    images (B, 3, H, W)
+      -> Backbone                      feature maps at strides 4, 8, 16            (Sec. 3.2)
+      -> CAMHead on the stride-16 map  logits_cnn, CAMs M (Eq. 1), F_c (Eq. 2)     (Sec. 3.2)
+      -> 1x1 conv + GroupNorm per scale to d_model channels
+      -> SPE per scale: F' = ψ(φ ⊕ F), φ = F ⊗ F^key  (Eq. 3-4)                   (Sec. 3.3)
+      -> MSC-En: per-scale self-attention (Eq. 5-9), concat -> memory F_m          (Sec. 3.3)
+      -> RePPG: F_c -> pose prototypes P'_C (Eq. 10)                               (Sec. 3.4)
+      -> RGP-De: prototypes cross-attend F_m -> response maps R, part features F^p, logits
+
+Choices the paper leaves open (tested in ``tests/test_models_*.py``):
+
+* the CAM head reads the deepest (stride-16) map, the most semantic one; its CAMs are 4x coarser
+  than the finest encoder scale and SPE renders their peaks at every scale;
+* position encodings: every scale gets a base encoding (sine by default, ``position="learned"``
+  for DETR's random-initialised one) plus, with several scales, a learned per-scale embedding (as
+  in Deformable DETR, so that the decoder can tell the scales apart in the concatenated memory).
+  With SPE, φ is added on top: pos_s = base_s + level_s + φ_s, used on queries/keys in every
+  encoder layer and as the memory's position in the decoder. (The paper: SPE "rather than" a
+  random position embedding; we keep the base so that attention still knows where cells are
+  away from the keypoint blobs, where φ = 0.)
+* single scale (``multi_scale=False``, and the baseline) uses the stride-4 map by default
+  (``single_scale_stride``), so that the response maps have the same resolution as LOFR's (DETR
+  itself uses its backbone's last map, stride 32). The price: the baseline's CNN is then only the
+  part of the backbone up to stride 4 (for ResNet-50: stem + layer1, 0.2 M of its 8.5 M
+  parameters up to layer3); ``single_scale_stride=16`` gives the DETR-like alternative (deep
+  features, 4x coarser response maps);
+* encoder logits (L_cls_en in Eq. 13): a linear layer on the average of the per-scale mean
+  memory tokens (``enc_head``; off in the baseline);
+* queries: with RePPG the decoder's initial queries are P'_C; without it they are zeros (DETR).
+  Both add a learned per-keypoint query embedding (DETR's query_pos) in every decoder layer;
+* heatmaps for Eq. 14: the fused (stride-4) response map of each keypoint divided by its own
+  maximum, so its peak is 1 like a Gaussian target's (no extra head);
+* predict(): the arg-max of the fused response map, refined by a quarter cell towards the higher
+  neighbour (as in SimpleBaseline / HRNet); score = p_c * (1 - 1 / (N max R_c)), with p_c the
+  final presence probability, R_c the fused map (summing to 1 over its N cells): the second
+  factor is 0 for a flat (uniform) map and approaches 1 as the response concentrates on one cell.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from lofr.data.schemas import KeypointSchema, get_schema
+from lofr.models.backbone import BACKBONE_STRIDES, Backbone
+from lofr.models.cam import CAMHead
+from lofr.models.decoder import PoseDecoder
+from lofr.models.encoder import MultiScaleEncoder
+from lofr.models.losses import LossWeights
+from lofr.models.position import LearnedPositionEncoding, SinePositionEncoding
+from lofr.models.reppg import RePPG
+from lofr.models.spe import SPE, keypoint_location_maps
+
+__all__ = ["LOFRConfig", "LOFR", "Baseline", "decode_response_maps"]
+
+_SCHEMA_BY_C = {17: "coco", 16: "mpii", 14: "crowdpose"}
+
+
+@dataclass
+class LOFRConfig:
+    """Everything that shapes a LOFR model. Defaults = the paper's COCO recipe (Sec. 4.2, Table 6):
+    ResNet-50, 256x192, d = 256, 8 heads, D_En = 4, D_De = 6, every module on.
+
+    The switches give the Table 5 ablations: ``use_spe`` (SPE), ``multi_scale`` (MS),
+    ``use_reppg`` (RePPG), ``use_pdc`` (β > 0); all off + ``cam_head=False`` is the baseline.
+    """
+
+    backbone: str = "resnet50"
+    pretrained: bool = False  # ImageNet weights for the backbone (downloads)
+    num_keypoints: int = 17
+    schema: str | None = None  # "coco" / "mpii" / "crowdpose"; None: chosen from num_keypoints
+    input_size: tuple[int, int] = (256, 192)  # (H, W)
+    d_model: int = 256
+    nhead: int = 8
+    enc_layers: int = 4
+    dec_layers: int = 6
+    dim_ff: int = 2048  # DETR's (the paper's Transformer baseline); not given in the paper
+    dropout: float = 0.0
+    cam_head: bool = True
+    enc_head: bool = True  # encoder logits for L_cls_en
+    use_spe: bool = True
+    multi_scale: bool = True
+    use_reppg: bool = True
+    use_pdc: bool = True
+    single_scale_stride: int = 4  # the encoder's map when multi_scale=False (4, 8 or 16)
+    position: Literal["sine", "learned"] = "sine"
+    spe_mode: Literal["product", "embed"] = "product"
+    spe_sigma: float | None = None  # F^key Gaussian sigma in input pixels; None: half a CAM cell
+    proto_weighting: Literal["softmax", "mean", "sum"] = "softmax"  # Eq. 2 (see cam.py)
+    reppg_layers: int = 2
+    dec_self_attn: bool = True
+    loss: LossWeights = field(default_factory=LossWeights)
+
+    @classmethod
+    def coco_r50(cls, **overrides) -> "LOFRConfig":
+        """The paper's main COCO setting: ResNet-50, 256x192 (Table 1)."""
+        return cls(**overrides)
+
+    @classmethod
+    def coco_hrnet_w32(cls, **overrides) -> "LOFRConfig":
+        return cls(**{"backbone": "hrnet_w32", **overrides})
+
+    @classmethod
+    def mpii_r50(cls, **overrides) -> "LOFRConfig":
+        return cls(**{"num_keypoints": 16, "schema": "mpii", "input_size": (256, 256), **overrides})
+
+    @classmethod
+    def crowdpose_r50(cls, **overrides) -> "LOFRConfig":
+        return cls(**{"num_keypoints": 14, "schema": "crowdpose", **overrides})
+
+    @classmethod
+    def cpu_small(cls, **overrides) -> "LOFRConfig":
+        """A model that trains on a laptop CPU: small CNN, 64x48 input, d = 64, 1 encoder layer per
+        scale, 2 decoder layers."""
+        small = dict(backbone="small", input_size=(64, 48), d_model=64, nhead=4, enc_layers=1,
+                     dec_layers=2, dim_ff=128, reppg_layers=1)
+        return cls(**{**small, **overrides})
+
+    def as_baseline(self) -> "LOFRConfig":
+        """The paper's baseline: CNN + DETR encoder/decoder, single scale, no CAM head / SPE /
+        RePPG / PDC, only the final BCE."""
+        loss = replace(self.loss, cls_cnn=0.0, cls_enc=0.0, div=0.0)
+        return replace(self, cam_head=False, enc_head=False, use_spe=False, multi_scale=False, use_reppg=False,
+                       use_pdc=False, loss=loss)
+
+    def loss_weights(self) -> LossWeights:
+        """``loss`` with the terms of switched-off modules zeroed (no CNN logits without the CAM
+        head, no L_div without PDC)."""
+        w = self.loss
+        if not self.cam_head:
+            w = replace(w, cls_cnn=0.0)
+        if not self.enc_head:
+            w = replace(w, cls_enc=0.0)
+        if not self.use_pdc:
+            w = replace(w, div=0.0)
+        return w
+
+    def check(self) -> None:
+        if not self.cam_head and (self.use_spe or self.use_reppg):
+            raise ValueError("LOFRConfig: use_spe and use_reppg need the CAM head (cam_head=True)")
+        if self.d_model % self.nhead:
+            raise ValueError(f"LOFRConfig: d_model {self.d_model} not divisible by nhead {self.nhead}")
+        if self.single_scale_stride not in BACKBONE_STRIDES:
+            raise ValueError(f"LOFRConfig: single_scale_stride must be one of {BACKBONE_STRIDES}, "
+                             f"got {self.single_scale_stride}")
+        h, w = self.input_size
+        if h % 16 or w % 16:
+            raise ValueError(f"LOFRConfig: input_size {self.input_size} must be multiples of 16")
+
+
+def _resolve_schema(num_keypoints: int, schema) -> KeypointSchema | None:
+    if schema is None:
+        if num_keypoints not in _SCHEMA_BY_C:
+            return None
+        schema = _SCHEMA_BY_C[num_keypoints]
+    schema = get_schema(schema)
+    if schema.num_keypoints != num_keypoints:
+        raise ValueError(f"schema {schema.name!r} has {schema.num_keypoints} keypoints, "
+                         f"the model {num_keypoints}")
+    return schema
+
+
+def decode_response_maps(maps: torch.Tensor, stride: int, refine: bool = True):
+    """Response maps -> keypoints in input-pixel crop coordinates, and their peak concentration.
+
+    maps (B, C, h, w), each map summing to 1 (e.g. the fused response map).
+    -> keypoints (B, C, 2) as (x, y): the arg-max cell (i, j) maps to ((j + 0.5) s, (i + 0.5) s)
+       (lofr/data/transforms.py), moved by a quarter cell towards the higher of the two neighbours
+       along x and along y when ``refine``;
+       concentration (B, C) = 1 - 1 / (h w max R) clamped to [0, 1]: 0 for a uniform map.
+    """
+    b, c, h, w = maps.shape
+    flat = rearrange(maps, "b c h w -> b c (h w)")
+    peak, idx = flat.max(dim=-1)  # (B, C)
+    i, j = torch.div(idx, w, rounding_mode="floor"), idx % w
+    x, y = j.float() + 0.5, i.float() + 0.5
+    if refine:
+        padded = nn.functional.pad(maps, (1, 1, 1, 1), value=float("-inf"))  # (B, C, h+2, w+2)
+        bi = torch.arange(b, device=maps.device)[:, None]
+        ci = torch.arange(c, device=maps.device)[None, :]
+        left, right = padded[bi, ci, i + 1, j], padded[bi, ci, i + 1, j + 2]
+        up, down = padded[bi, ci, i, j + 1], padded[bi, ci, i + 2, j + 1]
+        # only when both neighbours exist (inside the map) and differ
+        x = x + 0.25 * torch.where(torch.isfinite(left) & torch.isfinite(right), torch.sign(right - left), 0.0)
+        y = y + 0.25 * torch.where(torch.isfinite(up) & torch.isfinite(down), torch.sign(down - up), 0.0)
+    keypoints = torch.stack([x, y], dim=-1) * stride  # (B, C, 2)
+    concentration = (1 - 1 / (h * w * peak).clamp_min(1e-12)).clamp(0.0, 1.0)  # (B, C)
+    return keypoints, concentration
+
+
+class LOFR(nn.Module):
+    """Location-free pose estimator (paper Fig. 2). See the module docstring for the data flow.
+
+    Args:
+        num_keypoints: C; default: ``config.num_keypoints`` (17).
+        config: a :class:`LOFRConfig` (default ``LOFRConfig.coco_r50()``).
+        schema: KeypointSchema or name, for RePPG's graph; default: ``config.schema``, else the
+            schema with C keypoints (COCO 17, MPII 16, CrowdPose 14).
+
+    forward(images (B, 3, H, W), query_point=None) -> dict:
+        logits_cnn (B, C) | None     CAM-head logits (L_cls_cnn)
+        logits_enc (B, C) | None     encoder logits (L_cls_en)
+        logits (B, C)                final decoder logits (L_cls_tran)
+        logits_per_layer (D_De, B, C)
+        cams (B, C, h16, w16) | None CAMs M (Eq. 1);   key_maps [(B, C, h_s, w_s)] | None  F^key
+        protos (B, C, d) | None      F_c (Eq. 2);       prototypes (B, C, d)  decoder input queries
+        response_maps [(B, C, h_s, w_s)] per scale;  response_fused (B, C, H/s0, W/s0), sums to 1
+        heatmaps (B, C, H/s0, W/s0)  response_fused / its max (peak 1; Eq. 14); s0 = strides[0]
+        part_feats (B, C, d)         F^p (Eq. 11)
+        dec_attn (D_De, B, C, L)     every decoder layer's cross-attention (head mean)
+        enc_attn None | [(B, D_En, h_s, w_s)]  encoder self-attention of the cell at ``query_point``
+        shapes [(h_s, w_s)], strides [s]
+    """
+
+    def __init__(self, num_keypoints: int | None = None, config: LOFRConfig | None = None, schema=None):
+        super().__init__()
+        cfg = LOFRConfig.coco_r50() if config is None else config
+        if num_keypoints is not None and num_keypoints != cfg.num_keypoints:
+            cfg = replace(cfg, num_keypoints=num_keypoints)
+        cfg.check()
+        self.config = cfg
+        c, d = cfg.num_keypoints, cfg.d_model
+        self.num_keypoints = c
+        self.schema = _resolve_schema(c, schema if schema is not None else cfg.schema)
+        if cfg.use_reppg and self.schema is None:
+            raise ValueError(f"RePPG needs a keypoint schema for C={c}; pass schema=")
+
+        self.strides = list(BACKBONE_STRIDES) if cfg.multi_scale else [cfg.single_scale_stride]  # encoder's
+        self.cam_stride = BACKBONE_STRIDES[-1]  # the CAM head reads the deepest map
+        needed = sorted(set(self.strides) | ({self.cam_stride} if cfg.cam_head else set()))
+        self.backbone = Backbone(cfg.backbone, cfg.pretrained, strides=tuple(needed))
+        channels = dict(zip(self.backbone.strides, self.backbone.channels))
+        self.input_proj = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(channels[s], d, 1), nn.GroupNorm(math.gcd(32, d), d)) for s in self.strides)
+        self.cam_head = CAMHead(channels[self.cam_stride], c, d, cfg.proto_weighting) if cfg.cam_head else None
+
+        if cfg.position == "sine":
+            self.pos_embed = SinePositionEncoding(d)
+        else:
+            h, w = cfg.input_size
+            self.pos_embed = LearnedPositionEncoding(d, (math.ceil(h / 4), math.ceil(w / 4)))
+        n = len(self.strides)
+        self.level_embed = nn.Parameter(torch.randn(n, d) * 0.02) if n > 1 else None
+        self.spe = nn.ModuleList(SPE(d, c, cfg.spe_mode) for _ in range(n)) if cfg.use_spe else None
+
+        self.encoder = MultiScaleEncoder(d, cfg.nhead, cfg.enc_layers, cfg.dim_ff, cfg.dropout, num_scales=n)
+        self.enc_classifier = nn.Linear(d, c) if cfg.enc_head else None
+        self.reppg = RePPG(self.schema, d, cfg.reppg_layers) if cfg.use_reppg else None
+        self.query_embed = nn.Parameter(torch.randn(c, d) * 0.02)  # DETR's query_pos
+        self.decoder = PoseDecoder(d, cfg.nhead, cfg.dec_layers, cfg.dim_ff, cfg.dropout,
+                                   self_attn=cfg.dec_self_attn, num_keypoints=c)
+
+    def forward(self, images: torch.Tensor, query_point: tuple[float, float] | None = None) -> dict:
+        cfg = self.config
+        b = images.shape[0]
+        feats = dict(zip(self.backbone.strides, self.backbone(images)))  # stride -> (B, c_s, H/s, W/s)
+        cam = self.cam_head(feats[self.cam_stride]) if self.cam_head is not None else None
+
+        srcs = [proj(feats[s]) for proj, s in zip(self.input_proj, self.strides)]  # [(B, d, h_s, w_s)]
+        shapes = [tuple(x.shape[-2:]) for x in srcs]
+        pos = [self.pos_embed(h, w, device=images.device)[None] for h, w in shapes]  # [(1, d, h_s, w_s)]
+        if self.level_embed is not None:
+            pos = [p + lvl[None, :, None, None] for p, lvl in zip(pos, self.level_embed)]
+        key_maps = None
+        if self.spe is not None:
+            presence = cam["logits"].detach().sigmoid()  # (B, C)
+            key_maps = keypoint_location_maps(cam["cams"], self.cam_stride, shapes, self.strides,
+                                              presence, cfg.spe_sigma)  # [(B, C, h_s, w_s)]
+            for s, spe in enumerate(self.spe):
+                srcs[s], phi = spe(srcs[s], key_maps[s])  # Eq. 3-4, (B, d, h_s, w_s) each
+                pos[s] = pos[s] + phi  # (B, d, h_s, w_s)
+        else:
+            pos = [p.expand(b, -1, -1, -1) for p in pos]
+
+        enc = self.encoder(srcs, pos, query_point=query_point, strides=self.strides)
+        memory = enc["memory"]  # (B, L, d)
+        logits_enc = None
+        if self.enc_classifier is not None:
+            per_scale = memory.split([h * w for h, w in shapes], dim=1)  # [(B, h_s*w_s, d)]
+            logits_enc = self.enc_classifier(torch.stack([m.mean(dim=1) for m in per_scale]).mean(dim=0))  # (B, C)
+
+        if self.reppg is not None:
+            prototypes = self.reppg(cam["protos"])  # (B, C, d)  Eq. 10
+        else:
+            prototypes = memory.new_zeros(b, self.num_keypoints, cfg.d_model)  # DETR: tgt = 0
+        query_pos = self.query_embed[None].expand(b, -1, -1)  # (B, C, d)
+        dec = self.decoder(prototypes, memory, enc["pos"], shapes, query_pos)
+
+        fused = dec["response_fused"]  # (B, C, H/4, W/4)
+        heatmaps = fused / fused.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+        return {
+            "logits_cnn": None if cam is None else cam["logits"],
+            "logits_enc": logits_enc,
+            "logits": dec["logits"],
+            "logits_per_layer": dec["logits_per_layer"],
+            "cams": None if cam is None else cam["cams"],
+            "key_maps": key_maps,
+            "protos": None if cam is None else cam["protos"],
+            "prototypes": prototypes,
+            "response_maps": dec["response_maps"],
+            "response_fused": fused,
+            "heatmaps": heatmaps,
+            "part_feats": dec["part_feats"],
+            "dec_attn": dec["attn"],
+            "enc_attn": enc["attn"],
+            "shapes": shapes,
+            "strides": list(self.strides),
+        }
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, refine: bool = True) -> dict:
+        """images (B, 3, H, W) -> dict(keypoints (B, C, 2) (x, y) in input-pixel crop coordinates,
+        scores (B, C), probs (B, C), outputs = the forward dict). Call ``model.eval()`` first
+        (BatchNorm); see the module docstring for the score."""
+        out = self(images)
+        keypoints, concentration = decode_response_maps(out["response_fused"], self.strides[0], refine)
+        probs = out["logits"].sigmoid()  # (B, C)
+        return {"keypoints": keypoints, "scores": probs * concentration, "probs": probs, "outputs": out}
+
+    def param_groups(self, lr: float, transformer_lr_factor: float = 0.1, weight_decay: float = 1e-4) -> list[dict]:
+        """Optimizer groups as in Sec. 4.2: the CNN (backbone + CAM head) at ``lr``, the rest (the
+        transformer, projections, SPE, RePPG) at ``lr * transformer_lr_factor``."""
+        cnn = [p for m in (self.backbone, self.cam_head) if m is not None for p in m.parameters()]
+        cnn_ids = {id(p) for p in cnn}
+        rest = [p for p in self.parameters() if id(p) not in cnn_ids]
+        return [{"params": cnn, "lr": lr, "weight_decay": weight_decay},
+                {"params": rest, "lr": lr * transformer_lr_factor, "weight_decay": weight_decay}]
+
+
+class Baseline(LOFR):
+    """The paper's baseline (Tables 1-3, Table 5 row 1): the CNN + the original DETR encoder/decoder
+    on the stride-4 map, sine position encoding, learned queries, trained with the final BCE only.
+    Same outputs (``logits_cnn``/``logits_enc``/``cams``/``protos``/``key_maps`` are None) and
+    ``predict``. In its first decoder layer the query self-attention sees zero queries, so that
+    layer's value projection weight gets no gradient (as in DETR).
+    Use ``model.config.loss_weights()`` for its loss."""
+
+    def __init__(self, num_keypoints: int | None = None, config: LOFRConfig | None = None, schema=None):
+        cfg = LOFRConfig.coco_r50() if config is None else config
+        super().__init__(num_keypoints, cfg.as_baseline(), schema)
