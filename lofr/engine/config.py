@@ -1,0 +1,232 @@
+"""Training configuration: plain dataclasses, read from YAML, overridden with ``key=value``.
+
+A run is described by one :class:`TrainConfig`::
+
+    TrainConfig
+      name, model ("lofr" | "baseline" | "sup-only"), arch (LOFRConfig fields), loss (LossWeights)
+      data:  DataConfig   (where the COCO-format files are, schema, input size, augmentation, ...)
+      optim: OptimConfig  (Adam, lr, transformer lr factor, epochs, global batch, schedule, ...)
+      seed, device, amp, bn, eval_every, max_steps, log_every
+
+``load_config("synth-cpu", ["optim.lr=1e-3"])`` reads the YAML shipped in ``lofr/configs/`` (or any
+path), applies the overrides and checks every key and type (unknown keys are errors, never ignored).
+The YAML files only list what differs from the defaults below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from lofr.config_utils import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
+from lofr.data.topdown import FILLS, AugConfig
+from lofr.models.lofr import LOFRConfig
+from lofr.models.losses import LossWeights
+
+__all__ = ["DataConfig", "OptimConfig", "TrainConfig", "load_config", "config_path", "available_configs",
+           "lofr_config", "config_dict", "ARCH_FROM_ELSEWHERE"]
+
+# LOFRConfig fields the trainer fills in itself (from ``data`` and ``loss``); setting them in ``arch``
+# would give two sources of truth, so it is an error.
+ARCH_FROM_ELSEWHERE = ("num_keypoints", "schema", "input_size", "loss")
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and how crops are made.
+
+    root: dataset folder (a relative path is relative to the working directory); "" = SynthPose,
+        generated on first use into ``lofr.paths.synthpose_dir()`` with ``synth_train`` /
+        ``synth_val`` images (``lofr.data.synth.ensure_synthpose``).
+    train_ann / train_img / val_ann / val_img: paths relative to ``root`` (absolute paths also work):
+        the COCO layout by default.
+    input_size: (H, W) of the network input, e.g. (256, 192).
+    fill: what the crop shows outside the image, "zeros" | "edge" | "leakfree" (training only;
+        evaluation crops use "edge": nothing is replaced there). See ``lofr.data.topdown``.
+    labelled_fraction: None = fully supervised locations available; f = only round(f N) training
+        instances keep their locations (paper Sec. 4.3.2; ``has_location``), drawn with the run's seed.
+    workers: DataLoader worker processes (0 = load in the training process).
+    flip_test: evaluate on the crop and its mirror image, averaged (see ``trainer.predict_records``).
+    """
+
+    root: str = ""
+    train_ann: str = "annotations/person_keypoints_train2017.json"
+    train_img: str = "train2017"
+    val_ann: str = "annotations/person_keypoints_val2017.json"
+    val_img: str = "val2017"
+    schema: str = "coco"
+    input_size: tuple[int, int] = (256, 192)
+    fill: Literal["zeros", "edge", "leakfree"] = "leakfree"
+    on_bad: Literal["raise", "skip"] = "raise"
+    labelled_fraction: float | None = None
+    aug: AugConfig = field(default_factory=AugConfig)
+    workers: int = 2
+    flip_test: bool = True
+    eval_batch_size: int = 64
+    synth_train: int = 6000  # only used when root == "" (SynthPose)
+    synth_val: int = 600
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and schedule. Defaults = the paper's Sec. 4.2 (Adam, lr 4e-3, weight decay 1e-4,
+    the transformer's lr divided by 10).
+
+    batch_size is the GLOBAL batch: under DDP each of the W processes gets batch_size / W.
+    transformer_lr_mult: lr factor for everything but the CNN (see ``trainer.param_groups``).
+    warmup_steps: linear warm-up from ``warmup_factor`` * lr to lr over the first steps.
+    schedule: "cosine" (to ``min_lr_ratio`` * lr at the end of the last epoch), "multistep" (times
+        ``gamma`` at each epoch in ``milestones``) or "constant".
+    grad_clip: max global gradient norm; 0 = no clipping.
+    """
+
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = 4e-3
+    weight_decay: float = 1e-4
+    transformer_lr_mult: float = 0.1
+    epochs: int = 210
+    batch_size: int = 64
+    warmup_steps: int = 500
+    warmup_factor: float = 0.001
+    schedule: Literal["cosine", "multistep", "constant"] = "multistep"
+    milestones: list[int] = field(default_factory=lambda: [170, 200])
+    gamma: float = 0.1
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """One training run.
+
+    model: "lofr" (the paper's model), "baseline" (CNN + DETR encoder/decoder, final BCE only:
+        ``lofr.models.Baseline``) or "sup-only" (the backbone + a heatmap head trained with the
+        heatmap MSE on the labelled instances only: Table 4's "Sup-only", ``trainer.SupOnly``).
+    arch: fields of ``lofr.models.LOFRConfig`` (backbone, d_model, enc_layers, ...; not
+        num_keypoints / schema / input_size / loss, which come from ``data`` and ``loss``).
+        "sup-only" reads only ``backbone`` and ``pretrained``.
+    loss: the weights of Eq. 13 / 15; ``loss.mse`` > 0 with ``data.labelled_fraction`` gives the
+        weakly semi-supervised setting (Sec. 4.3.2). "baseline" zeroes the CAM / encoder / PDC terms,
+        "sup-only" uses the MSE only (weight ``loss.mse``, 1 when it is 0).
+    device: "auto" | "cpu" | "cuda" | "cuda:1" ...; amp: "auto" (bf16 where supported, else fp16;
+        CUDA only) | "bf16" | "fp16" | "off".
+    bn: BatchNorm handling. "batch" = ordinary per-process BatchNorm; "sync" = SyncBatchNorm under
+        DDP (CUDA only: torch's SyncBatchNorm refuses CPU tensors); "frozen" = BatchNorm layers kept
+        in eval mode (running statistics, not the batch's; their affine weights still train),
+        which makes the result independent of how the batch is split over processes; "auto" =
+        "sync" under DDP on CUDA, else "batch".
+    eval_every: evaluate on val every N epochs (and after the last one); 0 = only at the end.
+    max_steps: stop after this many optimiser steps in total (0 = run all epochs); the schedule
+        still follows ``optim.epochs``, so a short run is the beginning of the long one.
+    log_every: write the loss terms to ``steps.jsonl`` every N steps.
+    """
+
+    name: str = "run"
+    model: Literal["lofr", "baseline", "sup-only"] = "lofr"
+    arch: dict[str, Any] = field(default_factory=dict)
+    loss: LossWeights = field(default_factory=LossWeights)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"
+    bn: Literal["auto", "batch", "sync", "frozen"] = "auto"
+    eval_every: int = 1
+    max_steps: int = 0
+    log_every: int = 20
+
+    def check(self) -> "TrainConfig":
+        """Raise ConfigError for values that are well-typed but unusable; returns self."""
+        d, o = self.data, self.optim
+        if len(d.input_size) != 2 or min(d.input_size) <= 0 or d.input_size[0] % 16 or d.input_size[1] % 16:
+            raise ConfigError(f"data.input_size must be (H, W), multiples of 16, got {list(d.input_size)}")
+        if d.fill not in FILLS:
+            raise ConfigError(f"data.fill must be one of {list(FILLS)}, got {d.fill!r}")
+        if d.labelled_fraction is not None and not 0.0 <= d.labelled_fraction <= 1.0:
+            raise ConfigError(f"data.labelled_fraction must be in [0, 1], got {d.labelled_fraction}")
+        if d.workers < 0 or d.eval_batch_size < 1:
+            raise ConfigError("data.workers must be >= 0 and data.eval_batch_size >= 1")
+        if o.lr <= 0 or o.batch_size < 1 or o.epochs < 1:
+            raise ConfigError(f"optim: lr > 0, batch_size >= 1 and epochs >= 1 needed "
+                              f"(got {o.lr}, {o.batch_size}, {o.epochs})")
+        if o.schedule == "multistep" and list(o.milestones) != sorted(o.milestones):
+            raise ConfigError(f"optim.milestones must be increasing epochs, got {o.milestones}")
+        if self.max_steps < 0 or self.eval_every < 0 or self.log_every < 1:
+            raise ConfigError("max_steps >= 0, eval_every >= 0 and log_every >= 1 needed")
+        if self.amp not in ("auto", "bf16", "fp16", "off"):
+            raise ConfigError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {self.amp!r}")
+        lofr_config(self)  # arch keys and values
+        return self
+
+
+def lofr_config(cfg: TrainConfig, num_keypoints: int | None = None) -> LOFRConfig:
+    """``cfg.arch`` + the data's schema / input size + ``cfg.loss`` -> a checked LOFRConfig."""
+    clash = sorted(set(cfg.arch) & set(ARCH_FROM_ELSEWHERE))
+    if clash:
+        raise ConfigError(f"arch: {clash} are set from data.schema / data.input_size / loss, not in arch")
+    from lofr.data.schemas import get_schema
+
+    try:
+        schema = get_schema(cfg.data.schema)
+    except ValueError as e:
+        raise ConfigError(f"data.schema: {e}") from e
+    arch = from_dict(LOFRConfig, dict(cfg.arch), "arch")
+    out = dataclasses.replace(arch, num_keypoints=num_keypoints or schema.num_keypoints, schema=schema.name,
+                              input_size=tuple(cfg.data.input_size), loss=cfg.loss)
+    try:
+        out.check()
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    return out
+
+
+def config_path(name_or_path: str | Path) -> Path:
+    """A YAML path, or the name of a config shipped with lofr (``"synth-cpu"`` ->
+    ``lofr/configs/synth-cpu.yaml``)."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.is_file():
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        return p
+    shipped = Path(str(resources.files("lofr") / "configs" / f"{name_or_path}.yaml"))
+    if not shipped.is_file():
+        raise ConfigError(f"no config named {name_or_path!r}: not a file, and not one of the shipped "
+                          f"configs {available_configs()}")
+    return shipped
+
+
+def available_configs() -> list[str]:
+    """Names of the configs shipped in ``lofr/configs``."""
+    folder = Path(str(resources.files("lofr") / "configs"))
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def load_config(path_or_name: str | Path | dict | None = None, overrides: list[str] | tuple = ()) -> TrainConfig:
+    """Read a TrainConfig: a shipped config name, a YAML path, a dict (or None = the defaults), then
+    the ``key=value`` overrides (``optim.lr=1e-3``, ``data.input_size=[64,48]``). Every key and type
+    is checked; the ``name`` defaults to the config file's stem."""
+    if path_or_name is None:
+        data, where = {}, "defaults"
+    elif isinstance(path_or_name, dict):
+        data, where = dict(path_or_name), "config"
+    else:
+        path = config_path(path_or_name)
+        data, where = load_yaml(path), str(path)
+        data.setdefault("name", path.stem)
+    data = apply_overrides(data, list(overrides))
+    try:
+        cfg = from_dict(TrainConfig, data, "config")
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    try:
+        return cfg.check()
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def config_dict(cfg: TrainConfig) -> dict:
+    """The resolved config as plain YAML-able data (what checkpoints and run folders store)."""
+    return to_dict(cfg)

@@ -1,0 +1,361 @@
+"""The training engine: configs, schedule, parameter groups, sampling, flip test, train / resume / eval.
+
+Runs on a tiny SynthPose split (24 train / 8 val images at 96x80) with a tiny LOFR (small CNN,
+d_model 32, one encoder and one decoder layer), generated once per session.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lofr.config_utils import ConfigError
+from lofr.data.schemas import COCO17
+from lofr.data.topdown import collate
+from lofr.engine.checkpoint import CheckpointError, load_checkpoint
+from lofr.engine.config import TrainConfig, available_configs, load_config
+from lofr.engine.trainer import (EpochBatches, SeededSamples, SupOnly, build_datasets, build_model, evaluate,
+                                 load_model, loss_weights, lr_factor, param_groups, predict_records, train,
+                                 _train_indices)
+from lofr.models.lofr import LOFR
+from lofr.models.losses import LOFRCriterion
+
+TINY = ["data.workers=0", "arch.d_model=32", "arch.nhead=2", "arch.enc_layers=1", "arch.dec_layers=1",
+        "arch.dim_ff=64", "optim.batch_size=8", "optim.epochs=3", "optim.warmup_steps=2",
+        "data.eval_batch_size=16", "log_every=1"]
+
+
+@pytest.fixture(scope="session")
+def tiny_synth(tmp_path_factory):
+    from lofr.data import synth
+
+    root = tmp_path_factory.mktemp("synth_tiny")
+    synth.generate(root, n_train=24, n_val=8, seed=0, image_size=(96, 80), workers=1, progress=False)
+    return root
+
+
+def tiny_cfg(root, *overrides) -> TrainConfig:
+    return load_config("synth-cpu", [f"data.root={root}", *TINY, *overrides])
+
+
+def weights(path) -> dict:
+    return load_checkpoint(path)["model"]
+
+
+def assert_same_weights(a: dict, b: dict, atol: float) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k].float(), b[k].float(), atol=atol, rtol=0, msg=lambda m: f"{k}: {m}")
+
+
+# ------------------------------------------------------------------------------------ configs
+PAPER = [n for n in ("coco-r50-256x192", "coco-r50-384x288", "coco-hrnet32-256x192", "coco-hrnet32-384x288",
+                     "coco-hrnet48-256x192", "coco-hrnet48-384x288", "mpii-r50-256x256", "crowdpose-r50-256x192")]
+
+
+def test_every_shipped_config_loads_and_the_paper_ones_carry_sec_4_2():
+    assert set(available_configs()) == set(PAPER) | {"synth-cpu"}
+    epochs = {"mpii": 160, "crowdpose": 210, "coco": 210}
+    for name in PAPER:
+        cfg = load_config(name)
+        assert cfg.name == name and cfg.model == "lofr"
+        o, loss = cfg.optim, cfg.loss
+        assert (o.optimizer, o.lr, o.weight_decay, o.transformer_lr_mult) == ("adam", 4e-3, 1e-4, 0.1), name
+        assert (loss.cls_cnn, loss.cls_enc, loss.cls_final, loss.div, loss.mse) == (0.2, 0.2, 0.5, 0.1, 0.0), name
+        assert (cfg.arch["enc_layers"], cfg.arch["dec_layers"]) == (4, 6), name
+        assert tuple(cfg.data.aug.scale_range) == (0.65, 1.35) and cfg.data.aug.flip_prob == 0.5, name
+        assert o.epochs == epochs[cfg.data.schema], name
+        h, w = (int(v) for v in name.rsplit("-", 1)[1].split("x"))
+        assert cfg.data.input_size == (h, w), name
+        assert cfg.arch["backbone"] == {"r50": "resnet50", "hrnet32": "hrnet_w32",
+                                        "hrnet48": "hrnet_w48"}[name.split("-")[1]], name
+    assert load_config("mpii-r50-256x256").data.aug.half_body_prob > 0  # "half-body ... adopted" for MPII
+    small = load_config("synth-cpu")
+    assert small.data.root == "" and small.data.input_size == (64, 48) and small.arch["backbone"] == "small"
+
+
+def test_load_config_overrides_and_clear_errors(tmp_path):
+    cfg = load_config("synth-cpu", ["optim.lr=1e-3", "data.input_size=[128, 96]", "data.labelled_fraction=0.1"])
+    assert cfg.optim.lr == 1e-3 and cfg.data.input_size == (128, 96) and cfg.data.labelled_fraction == 0.1
+    with pytest.raises(ConfigError, match=r"optim: unknown key.*lrr"):
+        load_config("synth-cpu", ["optim.lrr=1"])
+    with pytest.raises(ConfigError, match="input_size"):
+        load_config("synth-cpu", ["arch.input_size=[64, 48]"])  # comes from data.input_size
+    with pytest.raises(ConfigError, match=r"arch: unknown key.*d_modle"):
+        load_config("synth-cpu", ["arch.d_modle=3"])
+    with pytest.raises(ConfigError, match="multiples of 16"):
+        load_config("synth-cpu", ["data.input_size=[60, 48]"])
+    with pytest.raises(ConfigError, match="synth-cpu"):  # the message lists the shipped names
+        load_config("no-such-config")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: lofr\noptim: {epochs: zero}\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*optim\.epochs"):
+        load_config(bad)
+
+
+# ------------------------------------------------------------------------------------ schedule
+def test_lr_factor_warmup_cosine_multistep():
+    cfg = TrainConfig()
+    o = cfg.optim
+    o.epochs, o.warmup_steps, o.warmup_factor = 4, 2, 0.5
+    o.schedule, o.min_lr_ratio = "cosine", 0.0
+    # 10 steps / epoch, 40 in all: cosine 0.5 (1 + cos(pi t)); warm-up 0.5 -> 1 over steps 0, 1
+    assert lr_factor(0, 10, o) == pytest.approx(0.5)
+    assert lr_factor(1, 10, o) == pytest.approx(0.75 * 0.5 * (1 + math.cos(math.pi / 40)))
+    assert lr_factor(20, 10, o) == pytest.approx(0.5)
+    assert lr_factor(40, 10, o) == pytest.approx(0.0)
+    o.schedule, o.milestones, o.gamma, o.warmup_steps = "multistep", [1, 3], 0.1, 0
+    assert [lr_factor(s, 10, o) for s in (0, 9, 10, 29, 30, 39)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    o.schedule = "constant"
+    assert lr_factor(39, 10, o) == 1.0
+
+
+def test_param_groups_split_cnn_from_transformer():
+    cfg = load_config("synth-cpu", TINY)
+    model = build_model(cfg)
+    groups = param_groups(model, cfg.optim)
+    by_name = {g["name"]: g for g in groups}
+    assert by_name["cnn"]["lr"] == pytest.approx(4e-3) and by_name["transformer"]["lr"] == pytest.approx(4e-4)
+    ids = {name: {id(p) for p in g["params"]} for name, g in by_name.items()}
+    assert not ids["cnn"] & ids["transformer"]
+    assert ids["cnn"] | ids["transformer"] == {id(p) for p in model.parameters()}  # every parameter once
+    for module, group in ((model.backbone, "cnn"), (model.cam_head, "cnn"), (model.encoder, "transformer"),
+                          (model.decoder, "transformer"), (model.reppg, "transformer"), (model.spe, "transformer")):
+        assert {id(p) for p in module.parameters()} <= ids[group], type(module).__name__
+    sup = build_model(load_config("synth-cpu", TINY + ["model=sup-only"]))
+    assert [g["name"] for g in param_groups(sup, cfg.optim)] == ["cnn"]
+
+
+# ------------------------------------------------------------------------------------ sampling
+def test_epoch_batches_split_the_global_batch_over_ranks_and_skip_on_resume():
+    indices = list(range(100, 123))  # 23 instances, global batch 6 -> 3 steps per epoch
+    one = EpochBatches(indices, 6, seed=3)
+    two = [EpochBatches(indices, 3, seed=3, rank=r, world_size=2) for r in range(2)]
+    assert one.steps_per_epoch == two[0].steps_per_epoch == 3
+    for epoch in (0, 1):
+        for s in [one, *two]:
+            s.set_epoch(epoch)
+        single = list(one)
+        per_rank = [list(s) for s in two]
+        for step in range(3):
+            assert sorted(per_rank[0][step] + per_rank[1][step]) == sorted(single[step])
+        assert all(e == epoch and i in indices for batch in single for e, i in batch)
+        assert len({i for batch in single for _, i in batch}) == 18  # no repeats within an epoch
+    one.set_epoch(0)
+    e0 = list(one)
+    one.set_epoch(1)
+    assert list(one) != [[(1, i) for _, i in b] for b in e0]  # a new order each epoch
+    one.set_epoch(0, skip=2)
+    assert len(one) == 1 and list(one) == e0[2:]
+
+
+def test_seeded_samples_are_reproducible_and_leave_the_global_rng_alone(tiny_synth):
+    train_ds, _ = build_datasets(tiny_cfg(tiny_synth), val=False)
+    samples = SeededSamples(train_ds, seed=0)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a, b, c = samples[(0, 5)], samples[(0, 5)], samples[(1, 5)]
+    assert torch.equal(torch.get_rng_state(), before)
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["keypoints"], b["keypoints"])
+    assert not torch.equal(a["image"], c["image"])  # another epoch, another augmentation
+
+
+def test_batches_do_not_depend_on_the_number_of_workers(tiny_synth):
+    train_ds, _ = build_datasets(tiny_cfg(tiny_synth), val=False)
+    batches = EpochBatches(range(len(train_ds)), 4, seed=0)
+    batches.set_epoch(1, skip=1)
+
+    def first_two(workers):
+        loader = torch.utils.data.DataLoader(SeededSamples(train_ds, 0), batch_sampler=batches,
+                                             num_workers=workers, collate_fn=collate)
+        return [b for b, _ in zip(loader, range(2))]
+
+    for a, b in zip(first_two(0), first_two(2)):
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["labels"], b["labels"])
+        assert torch.equal(a["meta"]["ann_id"], b["meta"]["ann_id"])
+
+
+# ------------------------------------------------------------------------------------ flip test
+class _PoolModel(SupOnly):
+    """Heatmap c = (c + 1) / C times the 4x4 average of the image's first channel: maps follow the
+    image (flip-equivariant geometry) and each channel has its own peak height (shows the swap)."""
+
+    def __init__(self, c: int = 17):
+        nn.Module.__init__(self)
+        self.num_keypoints, self.strides, self.schema = c, [4], None
+        self.gain = nn.Parameter(torch.arange(1, c + 1, dtype=torch.float32) / c)
+
+    def forward(self, images):
+        pooled = nn.functional.avg_pool2d(images[:, :1], 4)  # (B, 1, H/4, W/4)
+        return {"heatmaps": pooled * self.gain[None, :, None, None]}
+
+
+def _blob_batch():
+    image = torch.zeros(1, 3, 16, 12)
+    image[:, :, 4:8, 8:12] = 1.0  # heatmap cell (row 1, col 2), the last column
+    meta = {"center": torch.tensor([[6.0, 8.0]]), "scale": torch.tensor([[12.0, 16.0]]),  # crop = image
+            "rotation": torch.tensor([0.0]), "flipped": torch.tensor([0]),
+            "image_id": torch.tensor([7]), "ann_id": torch.tensor([70])}
+    return [{"image": image, "meta": meta}]
+
+
+def test_flip_test_maps_are_mirrored_back_and_channels_swapped():
+    model = _PoolModel()
+    plain = predict_records(model, _blob_batch(), flip_test=False, schema="coco")[0]
+    flipped = predict_records(model, _blob_batch(), flip_test=True, schema="coco")[0]
+    assert (plain["image_id"], plain["ann_id"]) == (7, 70)
+    # cell (1, 2) -> centre ((2 + 0.5) * 4, (1 + 0.5) * 4); no neighbour differs -> no refinement
+    np.testing.assert_allclose(plain["keypoints"], np.tile([10.0, 6.0], (17, 1)), atol=1e-5)
+    np.testing.assert_allclose(flipped["keypoints"], plain["keypoints"], atol=1e-5)  # not at x = 2
+    gain = np.arange(1, 18) / 17
+    np.testing.assert_allclose(plain["scores"], gain, atol=1e-6)
+    np.testing.assert_allclose(flipped["scores"], 0.5 * (gain + gain[list(COCO17.flip_index)]), atol=1e-6)
+    # a crop that was itself mirrored (training-mode data): x -> W - x, left / right swapped back
+    batch = _blob_batch()
+    batch[0]["meta"]["flipped"] = torch.tensor([1])
+    mirrored = predict_records(model, batch, flip_test=False, schema="coco")[0]
+    np.testing.assert_allclose(mirrored["keypoints"], np.tile([2.0, 6.0], (17, 1)), atol=1e-5)
+    np.testing.assert_allclose(mirrored["scores"], gain[list(COCO17.flip_index)], atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------ semi-weak
+def test_labelled_subset_size_seed_and_sup_only_indices(tiny_synth):
+    cfg = tiny_cfg(tiny_synth, "data.labelled_fraction=0.25", "model=sup-only")
+    ds, _ = build_datasets(cfg, val=False)
+    n = len(ds)
+    has = np.array([r.has_location for r in ds.records])
+    assert has.sum() == round(0.25 * n)
+    again, _ = build_datasets(cfg, val=False)
+    assert np.array_equal(has, [r.has_location for r in again.records])  # deterministic for a seed
+    other, _ = build_datasets(tiny_cfg(tiny_synth, "data.labelled_fraction=0.25", "seed=1"), val=False)
+    assert not np.array_equal(has, [r.has_location for r in other.records])
+    assert _train_indices(cfg, ds) == list(np.flatnonzero(has == 1))  # Sup-only trains on those alone
+    assert _train_indices(tiny_cfg(tiny_synth), ds) == list(range(n))
+
+
+@pytest.mark.parametrize("kind", ["lofr", "sup-only"])
+def test_heatmap_loss_only_sees_samples_with_locations(tiny_synth, kind):
+    cfg = tiny_cfg(tiny_synth, f"model={kind}", "loss.mse=1.0", "data.labelled_fraction=0.5")
+    ds, _ = build_datasets(cfg, val=False)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    crit = LOFRCriterion(loss_weights(cfg, model))
+    batch = torch.utils.data.default_collate([ds[i] for i in range(4)])
+    out = model(batch["image"])
+    for has, positive in ((torch.zeros(4), False), (torch.ones(4), True)):
+        terms = crit(out, {**batch, "has_location": has})
+        assert (terms["mse"].item() > 0) == positive
+    if kind == "sup-only":  # MSE alone: nothing to learn from a batch without locations
+        assert set(crit(out, batch)) == {"mse", "weak", "total"}
+        model.zero_grad()
+        crit(out, {**batch, "has_location": torch.zeros(4)})["total"].backward()
+        assert all(p.grad is None or not p.grad.any() for p in model.parameters())
+
+
+# ------------------------------------------------------------------------------------ train / eval
+@pytest.fixture(scope="module")
+def smoke_run(tiny_synth, tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    spe = len(build_datasets(tiny_cfg(tiny_synth), val=False)[0]) // 8
+    cfg = tiny_cfg(tiny_synth, f"max_steps={spe + 1}")  # one full epoch, then one step
+    return cfg, out, train(cfg, out, progress=False)
+
+
+def test_smoke_train_writes_metrics_results_and_checkpoints(smoke_run, tiny_synth):
+    from pycocotools.coco import COCO
+
+    cfg, out, result = smoke_run
+    spe = result["steps_per_epoch"]
+    assert spe >= 2 and result["step"] == spe + 1 and result["effective_batch"] == 8
+    assert result["lr"] == pytest.approx({"cnn": 4e-3, "transformer": 4e-4})
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["epoch_done"]) for r in lines] == [(spe, True), (spe + 1, False)]  # epoch 1 + final
+    for r in lines:
+        assert {"AP", "PCK@0.1", "PCK@0.2", "px err"} <= set(r["val"]) and "PCK@0.2" in r["prior"]
+        assert math.isfinite(r["train"]["total"])
+    steps = [json.loads(x) for x in (out / "steps.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == list(range(1, spe + 2)) and steps[0]["lr"] == pytest.approx(4e-3 * 0.001)
+    gt = COCO(str(tiny_synth / "annotations" / "person_keypoints_val2017.json"))
+    dets = gt.loadRes(str(out / "results.json"))
+    assert len(dets.getAnnIds()) == len(build_datasets(cfg, train=False)[1]) > 0
+    for name in ("last.pt", "best.pt"):
+        state = load_checkpoint(out / name)
+        assert {"model", "optimizer", "scaler", "schedule", "epoch", "step", "rng", "config", "metrics"} <= set(state)
+        assert load_config(state["config"]) == cfg
+    assert load_checkpoint(out / "last.pt")["step"] == spe + 1
+    assert load_config(out / "config.yaml") == cfg
+
+
+def test_load_model_and_evaluate_reproduce_the_runs_numbers(smoke_run, tiny_synth):
+    cfg, out, result = smoke_run
+    model, cfg2 = load_model(out / "last.pt")
+    assert isinstance(model, LOFR) and not model.training
+    _, val = build_datasets(cfg2, train=False)
+    report = evaluate(model, val, batch_size=16, flip_test=True)
+    assert report.summary() == pytest.approx(result["history"][-1]["val"])
+
+
+def test_resume_is_bit_for_bit(tiny_synth, tmp_path):
+    # dropout > 0: the global RNG must come back too; stop mid-epoch 1, end mid-epoch 2
+    spe = len(build_datasets(tiny_cfg(tiny_synth), val=False)[0]) // 8
+    k, total = spe - 1, spe + 2
+    cfg = lambda steps: tiny_cfg(tiny_synth, "arch.dropout=0.1", f"max_steps={steps}")  # noqa: E731
+    train(cfg(total), tmp_path / "straight", progress=False)
+    train(cfg(k), tmp_path / "split", progress=False)
+    assert load_checkpoint(tmp_path / "split" / "last.pt")["step"] == k
+    train(cfg(total), tmp_path / "split", resume=True, progress=False)
+    assert_same_weights(weights(tmp_path / "straight" / "last.pt"), weights(tmp_path / "split" / "last.pt"), 1e-6)
+    straight = load_checkpoint(tmp_path / "straight" / "last.pt")["optimizer"]["state"]
+    split = load_checkpoint(tmp_path / "split" / "last.pt")["optimizer"]["state"]
+    for k in straight:
+        torch.testing.assert_close(straight[k]["exp_avg"], split[k]["exp_avg"], atol=1e-6, rtol=0)
+    # and the short run alone is NOT the long one (the test can fail)
+    train(cfg(total - 1), tmp_path / "short", progress=False)
+    with pytest.raises(AssertionError):
+        assert_same_weights(weights(tmp_path / "straight" / "last.pt"), weights(tmp_path / "short" / "last.pt"), 1e-6)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("this pickle runs code",))
+
+
+def test_resume_refuses_missing_bad_and_mismatched_checkpoints(tiny_synth, tmp_path, smoke_run):
+    cfg = tiny_cfg(tiny_synth, "max_steps=1")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        train(cfg, tmp_path / "empty", resume=True, progress=False)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    with open(bad / "last.pt", "wb") as f:
+        pickle.dump({"model": _RunsCode()}, f, protocol=2)
+    with pytest.raises(CheckpointError, match="weights_only"):
+        train(cfg, bad, resume=True, progress=False)
+    _, out, _ = smoke_run
+    with pytest.raises(FileExistsError, match="resume=True"):  # never silently over a finished run
+        train(cfg, out, progress=False)
+    with pytest.raises(ConfigError, match="arch"):
+        train(tiny_cfg(tiny_synth, "arch.d_model=64", "max_steps=5"), out, resume=True, progress=False)
+
+
+def test_sup_only_and_baseline_train(tiny_synth, tmp_path):
+    r = train(tiny_cfg(tiny_synth, "model=sup-only", "data.labelled_fraction=0.5", "max_steps=1"),
+              tmp_path / "sup", progress=False)
+    n = len(build_datasets(tiny_cfg(tiny_synth), val=False)[0])
+    assert r["steps_per_epoch"] == (round(0.5 * n)) // 8  # only the labelled instances are iterated
+    assert "mse" in r["history"][-1]["train"] and "cls_final" not in r["history"][-1]["train"]
+    r = train(tiny_cfg(tiny_synth, "model=baseline", "max_steps=1"), tmp_path / "base", progress=False)
+    assert set(r["history"][-1]["train"]) == {"cls_final", "weak", "total"}  # the final BCE only
+
+
+def test_frozen_bn_keeps_running_statistics(tiny_synth, tmp_path):
+    train(tiny_cfg(tiny_synth, "bn=frozen", "max_steps=1", "eval_every=0"), tmp_path / "f", progress=False)
+    state = weights(tmp_path / "f" / "last.pt")
+    means = [v for k, v in state.items() if k.endswith("running_mean")]
+    assert means and all(not m.any() for m in means)
+    assert all(v.item() == 0 for k, v in state.items() if k.endswith("num_batches_tracked"))
