@@ -1,0 +1,170 @@
+"""Shared test fixtures: a tiny hand-made COCO keypoint set, and a small SynthPose."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from lofr.data.schemas import COCO17
+
+# A standing person in a 160x120 (W x H) image, COCO-17 order, continuous pixel coordinates.
+PERSON = np.array([
+    [80, 20], [77, 17], [83, 17], [74, 19], [86, 19],  # nose, eyes, ears
+    [70, 32], [90, 32], [66, 46], [94, 46], [64, 60], [96, 60],  # shoulders, elbows, wrists
+    [74, 62], [86, 62], [73, 80], [87, 80], [72, 98], [88, 98],  # hips, knees, ankles
+], dtype=np.float64) + 0.5
+IMG_W, IMG_H = 160, 120
+
+
+def _kps(points, v):
+    out = []
+    for (x, y), vi in zip(points, v):
+        out += [float(x), float(y), int(vi)] if vi else [0.0, 0.0, 0]
+    return out
+
+
+def draw_dots(size_wh, dots, color=(255, 255, 255), background=(40, 40, 40), radius=2):
+    """RGB image with filled squares of side 2*radius - 1 pixels centred on the pixels holding the
+    given continuous points."""
+    im = Image.new("RGB", size_wh, background)
+    d = ImageDraw.Draw(im)
+    for x, y in dots:
+        j, i = int(np.floor(x)), int(np.floor(y))
+        d.rectangle([j - radius + 1, i - radius + 1, j + radius - 1, i + radius - 1], fill=color)
+    return im
+
+
+def base_coco():
+    """The default tiny COCO dict: 2 images, 5 annotations (3 usable, 1 crowd, 1 without keypoints)."""
+    v_all = [2] * 17
+    v_upper = [2] * 11 + [0] * 6
+    return {
+        "info": {"description": "lofr test fixture"},
+        "categories": [{"id": 1, "name": "person", "keypoints": list(COCO17.keypoints),
+                        "skeleton": COCO17.skeleton_coco}],
+        "images": [
+            {"id": 1, "file_name": "a.png", "width": IMG_W, "height": IMG_H},
+            {"id": 2, "file_name": "b.png", "width": IMG_W, "height": IMG_H},
+        ],
+        "annotations": [
+            {"id": 10, "image_id": 1, "category_id": 1, "iscrowd": 0, "keypoints": _kps(PERSON, v_all),
+             "num_keypoints": 17, "bbox": [60.0, 12.0, 40.0, 92.0], "area": 3680.0,
+             "segmentation": [[60, 12, 100, 12, 100, 104, 60, 104]]},
+            {"id": 11, "image_id": 1, "category_id": 1, "iscrowd": 0,
+             "keypoints": _kps(PERSON + [-50, 0], v_upper), "num_keypoints": 11,
+             "bbox": [10.0, 12.0, 40.0, 52.0], "area": 2080.0, "segmentation": []},
+            {"id": 12, "image_id": 1, "category_id": 1, "iscrowd": 1, "keypoints": [0] * 51, "num_keypoints": 0,
+             "bbox": [120.0, 10.0, 30.0, 30.0], "area": 900.0,
+             "segmentation": {"counts": [0, 10], "size": [IMG_H, IMG_W]}},
+            {"id": 13, "image_id": 2, "category_id": 1, "iscrowd": 0, "keypoints": [0] * 51, "num_keypoints": 0,
+             "bbox": [5.0, 5.0, 20.0, 20.0], "area": 400.0, "segmentation": []},
+            {"id": 14, "image_id": 2, "category_id": 1, "iscrowd": 0, "keypoints": _kps(PERSON, v_all),
+             "num_keypoints": 17, "bbox": [60.0, 12.0, 40.0, 92.0], "area": 3680.0,
+             "segmentation": [[60, 12, 100, 12, 100, 104, 60, 104]]},
+        ],
+    }
+
+
+def write_coco(root: Path, data: dict, images: dict[str, Image.Image] | None = None):
+    """Write ``data`` to root/ann.json and the images (default: dot images of every annotation's
+    labelled keypoints) to root/img; returns (ann_file, img_dir)."""
+    root = Path(root)
+    img_dir = root / "img"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    if images is None:
+        images = {}
+        for img in data["images"]:
+            dots = []
+            for a in data["annotations"]:
+                if a.get("image_id") == img["id"] and isinstance(a.get("keypoints"), list):
+                    k = np.asarray(a["keypoints"], dtype=float).reshape(-1, 3)
+                    dots += [tuple(p[:2]) for p in k if p[2] > 0]
+            images[img["file_name"]] = draw_dots((img.get("width", IMG_W), img.get("height", IMG_H)), dots)
+    for name, im in images.items():
+        im.save(img_dir / name)
+    ann_file = root / "ann.json"
+    ann_file.write_text(json.dumps(data))
+    return ann_file, img_dir
+
+
+@pytest.fixture
+def tiny_coco(tmp_path):
+    """(ann_file, img_dir) of the default tiny set."""
+    return write_coco(tmp_path, base_coco())
+
+
+@pytest.fixture
+def coco_data():
+    """A fresh, mutable copy of the tiny set's dict (write it with ``write_coco``)."""
+    return copy.deepcopy(base_coco())
+
+
+@pytest.fixture(scope="session")
+def synthpose_small(tmp_path_factory):
+    """A small SynthPose set (200 train / 50 val) in a session tmp dir: returns its root, laid out
+    as COCO (annotations/person_keypoints_{train,val}2017.json, {train,val}2017/*.jpg)."""
+    root = tmp_path_factory.mktemp("synthpose_small")
+    try:
+        from lofr.data import synth
+    except ImportError:  # the generator is not there yet: a crude stand-in with the same layout
+        return mini_synth(root, n_train=200, n_val=50, seed=0)
+    synth.generate(root, n_train=200, n_val=50, seed=0, workers=1, progress=False)
+    return root
+
+
+def mini_synth(root: Path, n_train: int = 200, n_val: int = 50, seed: int = 0, size_wh=(96, 128)):
+    """A stand-in for SynthPose (used only while ``lofr.data.synth`` is missing): one stick figure
+    per textured image, often cut off by the image border. Keypoints outside the image are
+    unlabelled (v=0); the box is the labelled keypoints' extent (+ margin) clipped to the image;
+    the segmentation is one polygon per limb. Same COCO layout as SynthPose."""
+    rng = np.random.default_rng(seed)
+    w, h = size_wh
+    limbs = COCO17.edges
+    for split, n in (("train", n_train), ("val", n_val)):
+        (root / f"{split}2017").mkdir(parents=True, exist_ok=True)
+        images, anns = [], []
+        for k in range(n):
+            # textured background: a colour gradient plus blocky noise
+            c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+            t = np.linspace(0, 1, h)[:, None, None]
+            bg = c0 * (1 - t) + c1 * t + rng.normal(0, 25, (h // 8, w // 8, 1)).repeat(8, 0).repeat(8, 1)
+            im = Image.fromarray(np.clip(np.broadcast_to(bg, (h, w, 3)), 0, 255).astype(np.uint8))
+            d = ImageDraw.Draw(im)
+            height = rng.uniform(0.6, 1.4) * h
+            pts = (PERSON - PERSON.mean(0)) * height / 85.0
+            pts[:, 0] *= rng.choice([-1, 1]) * rng.uniform(0.8, 1.2)
+            pts += [rng.uniform(0.1, 0.9) * w, rng.uniform(0.05, 0.95) * h]
+            colour = tuple(int(v) for v in rng.uniform(0, 255, 3))
+            lw = max(2, int(height / 25))
+            segs = []
+            for a, b in limbs:
+                d.line([tuple(pts[a]), tuple(pts[b])], fill=colour, width=lw)
+                nrm = np.array([pts[b, 1] - pts[a, 1], pts[a, 0] - pts[b, 0]])
+                nrm = nrm / (np.linalg.norm(nrm) + 1e-9) * lw / 2
+                quad = [pts[a] + nrm, pts[b] + nrm, pts[b] - nrm, pts[a] - nrm]
+                segs.append([float(c) for p in quad for c in p])
+            inside = (pts[:, 0] >= 0) & (pts[:, 0] < w) & (pts[:, 1] >= 0) & (pts[:, 1] < h)
+            if inside.sum() < 2:
+                pts[:] = [[w / 2, h / 2]] * 17
+                inside[:] = True
+            lab = pts[inside]
+            x0, y0 = np.clip(lab.min(0) - lw, 0, [w, h])
+            x1, y1 = np.clip(lab.max(0) + lw, 0, [w, h])
+            fname = f"{k:06d}.jpg"
+            im.save(root / f"{split}2017" / fname, quality=95)
+            images.append({"id": k + 1, "file_name": fname, "width": w, "height": h})
+            anns.append({"id": k + 1, "image_id": k + 1, "category_id": 1, "iscrowd": 0,
+                         "keypoints": _kps(pts, np.where(inside, 2, 0)), "num_keypoints": int(inside.sum()),
+                         "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
+                         "area": float((x1 - x0) * (y1 - y0)), "segmentation": segs})
+        (root / "annotations").mkdir(exist_ok=True)
+        data = {"images": images, "annotations": anns,
+                "categories": [{"id": 1, "name": "person", "keypoints": list(COCO17.keypoints),
+                                "skeleton": COCO17.skeleton_coco}]}
+        (root / "annotations" / f"person_keypoints_{split}2017.json").write_text(json.dumps(data))
+    return root
