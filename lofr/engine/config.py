@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lofr.config_utils import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
+from lofr.data.synth import DEFAULT_TRAIN, DEFAULT_VAL
 from lofr.data.topdown import FILLS, AugConfig
 from lofr.models.lofr import LOFRConfig
 from lofr.models.losses import LossWeights
@@ -50,6 +51,13 @@ class DataConfig:
         instances keep their locations (paper Sec. 4.3.2; ``has_location``), drawn with the run's seed.
     workers: DataLoader worker processes (0 = load in the training process).
     flip_test: evaluate on the crop and its mirror image, averaged (see ``trainer.predict_records``).
+    mpii_gt_mat: MPII only: ``gt_valid.mat`` (relative to ``root``), whose head boxes give the val
+        annotations the ``head_box`` PCKh needs; "" = none. MPII's JSON conversion files
+        (``train_ann`` / ``val_ann``) are converted to COCO format on first use and cached
+        (``lofr.data.mpii.ensure_coco``).
+    det_file / det_score_thr / oks_nms_thr: person detection results (relative to ``root``, "" =
+        none) for evaluating on detected boxes (``lofr.data.detections``): boxes with score >=
+        ``det_score_thr`` are kept, duplicates removed by OKS-NMS at ``oks_nms_thr``.
     """
 
     root: str = ""
@@ -66,8 +74,12 @@ class DataConfig:
     workers: int = 2
     flip_test: bool = True
     eval_batch_size: int = 64
-    synth_train: int = 6000  # only used when root == "" (SynthPose)
-    synth_val: int = 600
+    mpii_gt_mat: str = ""
+    det_file: str = ""
+    det_score_thr: float = 0.0
+    oks_nms_thr: float = 0.9
+    synth_train: int = DEFAULT_TRAIN  # only used when root == "" (SynthPose)
+    synth_val: int = DEFAULT_VAL
 
 
 @dataclass
@@ -147,6 +159,8 @@ class TrainConfig:
             raise ConfigError(f"data.fill must be one of {list(FILLS)}, got {d.fill!r}")
         if d.labelled_fraction is not None and not 0.0 <= d.labelled_fraction <= 1.0:
             raise ConfigError(f"data.labelled_fraction must be in [0, 1], got {d.labelled_fraction}")
+        if not 0.0 <= d.oks_nms_thr <= 1.0:
+            raise ConfigError(f"data.oks_nms_thr must be in [0, 1], got {d.oks_nms_thr}")
         if d.workers < 0 or d.eval_batch_size < 1:
             raise ConfigError("data.workers must be >= 0 and data.eval_batch_size >= 1")
         if o.lr <= 0 or o.batch_size < 1 or o.epochs < 1:

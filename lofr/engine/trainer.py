@@ -59,7 +59,7 @@ from lofr.engine.runtime import autocast, init_distributed, pick_device, rng_sta
 from lofr.eval import (evaluate_keypoints, mean_pose_records, predictions_to_coco_results, write_results)
 from lofr.eval.report import EvalReport
 from lofr.models.backbone import Backbone
-from lofr.models.lofr import LOFR, Baseline, decode_response_maps
+from lofr.models.lofr import LOFR, Baseline, decode_response_maps, normalise_cams
 from lofr.models.losses import LOFRCriterion, LossWeights
 
 __all__ = ["train", "evaluate", "predict_records", "records_to_results", "build_model", "build_datasets",
@@ -239,9 +239,16 @@ def build_datasets(cfg: TrainConfig, train: bool = True, val: bool = True):
     d = cfg.data
     root = _data_root(cfg)
     common = dict(schema=d.schema, input_size=tuple(d.input_size), fill=d.fill, on_bad=d.on_bad)
-    train_ds = TopDownDataset(root / d.train_ann, root / d.train_img, train=True, aug=d.aug,
+    train_ann, val_ann = root / d.train_ann, root / d.val_ann
+    if get_schema(d.schema).name == "mpii":  # MPII's JSON conversion -> a cached COCO-format file
+        from lofr.data.mpii import ensure_coco
+
+        train_ann = ensure_coco(train_ann, root / d.train_img) if train else train_ann
+        val_ann = ensure_coco(val_ann, root / d.val_img, root / d.mpii_gt_mat if d.mpii_gt_mat else None) \
+            if val else val_ann
+    train_ds = TopDownDataset(train_ann, root / d.train_img, train=True, aug=d.aug,
                               labelled_fraction=d.labelled_fraction, seed=cfg.seed, **common) if train else None
-    val_ds = TopDownDataset(root / d.val_ann, root / d.val_img, train=False, **common) if val else None
+    val_ds = TopDownDataset(val_ann, root / d.val_img, train=False, **common) if val else None
     return train_ds, val_ds
 
 
@@ -281,12 +288,17 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def _maps_and_probs(model: nn.Module, images: torch.Tensor):
-    """-> (maps (B, C, h, w), presence probabilities (B, C) or None, stride of the maps)."""
+def _maps_and_probs(model: nn.Module, images: torch.Tensor, source: str = "response"):
+    """-> (maps (B, C, h, w), presence probabilities (B, C) or None, stride of the maps).
+    ``source="cam"``: LOFR's CNN branch alone, the normalised CAMs (Eq. 1) and the CNN logits."""
     m = _unwrap(model)
     out = model(images)
     if isinstance(m, SupOnly):
         return out["heatmaps"].float(), None, m.strides[0]
+    if source == "cam":
+        if out["cams"] is None:
+            raise ValueError("source='cam' needs a model with a CAM head (LOFR, not the Baseline)")
+        return normalise_cams(out["cams"].float()), out["logits_cnn"].float().sigmoid(), m.cam_stride
     return out["response_fused"].float(), out["logits"].float().sigmoid(), m.strides[0]
 
 
@@ -301,7 +313,8 @@ def _amp_mode(device: torch.device, amp: str) -> str:
 
 @torch.no_grad()
 def predict_records(model: nn.Module, loader: DataLoader, flip_test: bool = True, device=None, amp: str = "off",
-                    schema: str | KeypointSchema | None = None, progress: bool = False) -> list[dict]:
+                    schema: str | KeypointSchema | None = None, progress: bool = False,
+                    source: str = "response") -> list[dict]:
     """Predictions for every crop of ``loader`` (eval-mode TopDownDataset batches), as records in
     ORIGINAL image coordinates: ``{"image_id", "ann_id", "keypoints" (C, 2), "scores" (C,)}``.
 
@@ -312,7 +325,12 @@ def predict_records(model: nn.Module, loader: DataLoader, flip_test: bool = True
     does too; Sup-only: the heatmaps). LOFR's presence probabilities are averaged the same way. The
     keypoint = arg-max of the averaged map + quarter-cell refinement, score = p * concentration
     (LOFR, as ``LOFR.predict``) or the heatmap peak (Sup-only).
+
+    source: "response" (the model's output) or "cam" (LOFR's CAM head alone, the plain-CAM
+    reference, as ``LOFR.predict_cam``; stride 16).
     """
+    if source not in ("response", "cam"):
+        raise ValueError(f"source must be 'response' or 'cam', got {source!r}")
     model.eval()
     device = device or next(model.parameters()).device
     schema = get_schema(schema or loader.dataset.schema)
@@ -324,9 +342,9 @@ def predict_records(model: nn.Module, loader: DataLoader, flip_test: bool = True
         images = batch["image"].to(device)  # (B, 3, H, W)
         in_hw = tuple(images.shape[-2:])
         with autocast(device, amp):
-            maps, probs, stride = _maps_and_probs(model, images)
+            maps, probs, stride = _maps_and_probs(model, images, source)
             if flip_test:
-                maps_f, probs_f, _ = _maps_and_probs(model, images.flip(-1))
+                maps_f, probs_f, _ = _maps_and_probs(model, images.flip(-1), source)
                 maps = 0.5 * (maps + maps_f.flip(-1)[:, flip_index])
                 probs = None if probs is None else 0.5 * (probs + probs_f[:, flip_index])
         keypoints, concentration = decode_response_maps(maps, stride)  # (B, C, 2), (B, C)
@@ -354,13 +372,14 @@ def records_to_results(records: list[dict]) -> list[dict]:
 
 def evaluate(model: nn.Module, dataset: TopDownDataset, batch_size: int = 64, flip_test: bool = True,
              device=None, amp: str = "off", workers: int = 0, prior_pose: np.ndarray | None = None,
-             results_file=None, progress: bool = False) -> EvalReport:
+             results_file=None, progress: bool = False, source: str = "response") -> EvalReport:
     """Evaluate ``model`` on an eval-mode ``dataset`` (ground-truth boxes) -> ``EvalReport`` (OKS AP via
     COCOeval / xtcocotools, PCK@0.1 / 0.2, mean pixel error; see ``lofr.eval.evaluate_keypoints``).
 
     prior_pose: optional (C, 2) mean crop-space pose (e.g. ``mean_pose_prior(train_dataset)``); its
         records on the same crops become ``report.prior`` (a joint never seen: the crop centre).
     results_file: also write the COCO results JSON there.
+    source: "response" or "cam" (LOFR's CAM arg-max; see :func:`predict_records`).
     Runs under ``torch.random.fork_rng``: the caller's RNG state is unchanged afterwards.
     """
     if dataset.train:
@@ -368,7 +387,7 @@ def evaluate(model: nn.Module, dataset: TopDownDataset, batch_size: int = 64, fl
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate)
     was_training = model.training
     with torch.random.fork_rng(devices=[]):
-        records = predict_records(model, loader, flip_test, device, amp, dataset.schema, progress)
+        records = predict_records(model, loader, flip_test, device, amp, dataset.schema, progress, source)
     model.train(was_training)
     prior = None
     if prior_pose is not None:

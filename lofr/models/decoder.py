@@ -67,9 +67,10 @@ class Attention(nn.Module):
 class DecoderLayer(nn.Module):
     """Post-norm DETR decoder layer: [self-attn], cross-attn, FFN, each + residual + LayerNorm.
 
-    forward(tgt (B, C, d), memory (B, L, d), memory_pos (B, L, d) | None, query_pos (B, C, d) | None)
-        -> (tgt (B, C, d), cross-attention weights averaged over heads (B, C, L))
+    forward(tgt (B, C, d), memory (B, L, d), memory_pos (B, L, d) | None, query_pos (B, C, d) | None,
+            value (B, L, d) | None) -> (tgt (B, C, d), cross-attention weights averaged over heads (B, C, L))
     Position encodings are added to queries and keys only, never to values (as in DETR).
+    ``value``: what the cross-attention reads (default: the memory itself, as DETR).
     """
 
     def __init__(self, d_model: int, nhead: int, dim_ff: int, dropout: float = 0.0, self_attn: bool = True):
@@ -87,13 +88,14 @@ class DecoderLayer(nn.Module):
     def _with_pos(x, pos):
         return x if pos is None else x + pos
 
-    def forward(self, tgt, memory, memory_pos=None, query_pos=None):
+    def forward(self, tgt, memory, memory_pos=None, query_pos=None, value=None):
+        value = memory if value is None else value  # (B, L, d)
         if self.self_attn is not None:
             q = self._with_pos(tgt, query_pos)  # (B, C, d)
             sa, _ = self.self_attn(q, q, tgt)
             tgt = self.norm_sa(tgt + self.drop(sa))  # (B, C, d)
         ca, weights = self.cross_attn(self._with_pos(tgt, query_pos), self._with_pos(memory, memory_pos),
-                                      memory, need_weights=True)  # (B, C, d), (B, h, C, L)
+                                      value, need_weights=True)  # (B, C, d), (B, h, C, L)
         tgt = self.norm_ca(tgt + self.drop(ca))  # (B, C, d)
         tgt = self.norm_ffn(tgt + self.drop(self.ffn(tgt)))  # (B, C, d)
         return tgt, weights.mean(dim=1)  # (B, C, d), (B, C, L)
@@ -168,12 +170,13 @@ class PoseDecoder(nn.Module):
             (see :class:`KeypointClassifier`).
 
     forward(queries (B, C, d), memory (B, L, d), memory_pos (B, L, d) | None,
-            spatial_shapes [(h_s, w_s), ...] with sum h_s*w_s = L, query_pos (B, C, d) | None) -> dict:
+            spatial_shapes [(h_s, w_s), ...] with sum h_s*w_s = L, query_pos (B, C, d) | None,
+            value (B, L, d) | None: the cross-attention values, default the memory) -> dict:
         hs               (num_layers, B, C, d)   each layer's output queries
         attn             (num_layers, B, C, L)   each layer's cross-attention, averaged over heads
         response_maps    list of (B, C, h_s, w_s), the last layer's attn split per scale
         response_fused   (B, C, H, W) on the largest scale's grid (:func:`fuse_response_maps`)
-        part_feats       (B, C, d)   F^p = attn_last @ memory (response-weighted pooling)
+        part_feats       (B, C, d)   F^p = attn_last @ value (response-weighted pooling)
         logits_per_layer (num_layers, B, C)   keypoint-presence logits of every layer
         logits           (B, C)      the last layer's logits (L_cls_tran in Eq. 13)
     """
@@ -188,15 +191,18 @@ class PoseDecoder(nn.Module):
         self.classifier = KeypointClassifier(d_model, num_keypoints)
         self.d_model = d_model
 
-    def forward(self, queries, memory, memory_pos=None, spatial_shapes=None, query_pos=None) -> dict:
+    def forward(self, queries, memory, memory_pos=None, spatial_shapes=None, query_pos=None, value=None) -> dict:
         b, c, d = queries.shape  # (B, C, d)
         if memory.ndim != 3 or memory.shape[0] != b or memory.shape[2] != d:
             raise ValueError(f"memory must be (B={b}, L, d={d}), got {tuple(memory.shape)}")
         if spatial_shapes is None:
             raise ValueError("spatial_shapes [(h, w), ...] of the memory's scales is required")
+        value = memory if value is None else value  # (B, L, d)
+        if value.shape != memory.shape:
+            raise ValueError(f"value must have the memory's shape {tuple(memory.shape)}, got {tuple(value.shape)}")
         tgt, hs, attn = queries, [], []
         for layer in self.layers:
-            tgt, a = layer(tgt, memory, memory_pos, query_pos)  # (B, C, d), (B, C, L)
+            tgt, a = layer(tgt, memory, memory_pos, query_pos, value)  # (B, C, d), (B, C, L)
             hs.append(tgt)
             attn.append(a)
         hs, attn = torch.stack(hs), torch.stack(attn)  # (D_De, B, C, d), (D_De, B, C, L)
@@ -207,7 +213,7 @@ class PoseDecoder(nn.Module):
             "attn": attn,
             "response_maps": maps,
             "response_fused": fuse_response_maps(maps),
-            "part_feats": attn[-1] @ memory,  # (B, C, L) @ (B, L, d) -> (B, C, d)
+            "part_feats": attn[-1] @ value,  # (B, C, L) @ (B, L, d) -> (B, C, d)
             "logits_per_layer": logits_per_layer,
             "logits": logits_per_layer[-1],
         }

@@ -58,7 +58,7 @@ from lofr.models.position import LearnedPositionEncoding, SinePositionEncoding
 from lofr.models.reppg import RePPG
 from lofr.models.spe import SPE, keypoint_location_maps
 
-__all__ = ["LOFRConfig", "LOFR", "Baseline", "decode_response_maps"]
+__all__ = ["LOFRConfig", "LOFR", "Baseline", "decode_response_maps", "normalise_cams"]
 
 _SCHEMA_BY_C = {17: "coco", 16: "mpii", 14: "crowdpose"}
 
@@ -70,6 +70,13 @@ class LOFRConfig:
 
     The switches give the Table 5 ablations: ``use_spe`` (SPE), ``multi_scale`` (MS),
     ``use_reppg`` (RePPG), ``use_pdc`` (β > 0); all off + ``cam_head=False`` is the baseline.
+
+    ``dec_value`` (not in the paper; "memory" = the paper / DETR): the values of the decoder's
+    cross-attention. "local" = the encoder's INPUT tokens (the projected CNN features, after SPE)
+    instead of its output: keys and queries still see the encoder's global context, but what a
+    keypoint query pools (its part feature and hence its presence logit) is only what lies under
+    its attention. With "memory" self-attention can spread "a wrist is present" over every token,
+    and the classification loss no longer needs the response to sit on the wrist.
     """
 
     backbone: str = "resnet50"
@@ -96,6 +103,7 @@ class LOFRConfig:
     proto_weighting: Literal["softmax", "mean", "sum"] = "softmax"  # Eq. 2 (see cam.py)
     reppg_layers: int = 2
     dec_self_attn: bool = True
+    dec_value: Literal["memory", "local"] = "memory"  # what the decoder's cross-attention reads
     loss: LossWeights = field(default_factory=LossWeights)
 
     @classmethod
@@ -145,6 +153,8 @@ class LOFRConfig:
     def check(self) -> None:
         if not self.cam_head and (self.use_spe or self.use_reppg):
             raise ValueError("LOFRConfig: use_spe and use_reppg need the CAM head (cam_head=True)")
+        if self.dec_value not in ("memory", "local"):
+            raise ValueError(f"LOFRConfig: dec_value must be 'memory' or 'local', got {self.dec_value!r}")
         if self.d_model % self.nhead:
             raise ValueError(f"LOFRConfig: d_model {self.d_model} not divisible by nhead {self.nhead}")
         if self.single_scale_stride not in BACKBONE_STRIDES:
@@ -193,6 +203,15 @@ def decode_response_maps(maps: torch.Tensor, stride: int, refine: bool = True):
     keypoints = torch.stack([x, y], dim=-1) * stride  # (B, C, 2)
     concentration = (1 - 1 / (h * w * peak).clamp_min(1e-12)).clamp(0.0, 1.0)  # (B, C)
     return keypoints, concentration
+
+
+def normalise_cams(cams: torch.Tensor) -> torch.Tensor:
+    """CAMs (B, C, h, w), >= 0 (Eq. 1) -> maps summing to 1 over (h, w), so that they decode and
+    flip-average like response maps. A CAM that is 0 everywhere (ReLU of a negative map) becomes
+    uniform: its arg-max is then the first cell and its concentration 0."""
+    mass = cams.sum(dim=(-2, -1), keepdim=True)  # (B, C, 1, 1)
+    uniform = torch.full_like(cams, 1.0 / (cams.shape[-2] * cams.shape[-1]))
+    return torch.where(mass > 0, cams / mass.clamp_min(torch.finfo(cams.dtype).tiny), uniform)
 
 
 class LOFR(nn.Module):
@@ -279,6 +298,7 @@ class LOFR(nn.Module):
         else:
             pos = [p.expand(b, -1, -1, -1) for p in pos]
 
+        local = torch.cat([rearrange(x, "b d h w -> b (h w) d") for x in srcs], dim=1)  # (B, L, d)
         enc = self.encoder(srcs, pos, query_point=query_point, strides=self.strides)
         memory = enc["memory"]  # (B, L, d)
         logits_enc = None
@@ -291,7 +311,8 @@ class LOFR(nn.Module):
         else:
             prototypes = memory.new_zeros(b, self.num_keypoints, cfg.d_model)  # DETR: tgt = 0
         query_pos = self.query_embed[None].expand(b, -1, -1)  # (B, C, d)
-        dec = self.decoder(prototypes, memory, enc["pos"], shapes, query_pos)
+        value = local if cfg.dec_value == "local" else memory  # (B, L, d)
+        dec = self.decoder(prototypes, memory, enc["pos"], shapes, query_pos, value)
 
         fused = dec["response_fused"]  # (B, C, H/4, W/4)
         heatmaps = fused / fused.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
@@ -323,6 +344,19 @@ class LOFR(nn.Module):
         keypoints, concentration = decode_response_maps(out["response_fused"], self.strides[0], refine)
         probs = out["logits"].sigmoid()  # (B, C)
         return {"keypoints": keypoints, "scores": probs * concentration, "probs": probs, "outputs": out}
+
+    @torch.no_grad()
+    def predict_cam(self, images: torch.Tensor, refine: bool = True) -> dict:
+        """The CNN branch alone, the "plain CAM" reference: keypoint c = the arg-max of its CAM M_c
+        (Eq. 1, stride 16; same decoding as :meth:`predict`), score = p_c^cnn * concentration.
+        images (B, 3, H, W) -> dict(keypoints (B, C, 2), scores (B, C), probs (B, C)).
+        Needs the CAM head (not the Baseline)."""
+        if self.cam_head is None:
+            raise ValueError("predict_cam needs the CAM head (cam_head=True); the Baseline has none")
+        cam = self.cam_head(self.backbone(images)[self.backbone.strides.index(self.cam_stride)])
+        keypoints, concentration = decode_response_maps(normalise_cams(cam["cams"]), self.cam_stride, refine)
+        probs = cam["logits"].sigmoid()  # (B, C)
+        return {"keypoints": keypoints, "scores": probs * concentration, "probs": probs}
 
     def param_groups(self, lr: float, transformer_lr_factor: float = 0.1, weight_decay: float = 1e-4) -> list[dict]:
         """Optimizer groups as in Sec. 4.2: the CNN (backbone + CAM head) at ``lr``, the rest (the
