@@ -54,8 +54,9 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def autocast(device: torch.device, amp: str = "auto"):
+def autocast(device: torch.device | str, amp: str = "auto"):
     """Mixed precision context: ``auto`` = bf16 on CUDA cards that support it, else fp16 on CUDA, off elsewhere."""
+    device = torch.device(device)
     if device.type != "cuda" or amp in ("off", "none", "fp32"):
         return nullcontext()
     if amp == "auto":

@@ -1,0 +1,190 @@
+"""``lofr`` command line: the scripts users run outside Jupyter.
+
+    lofr synth OUT --train N --val M --seed S        write a SynthPose dataset in COCO layout
+    lofr quickstart [--data ROOT]                     the main job on the embedded default
+    lofr train --config NAME|YAML [key=value ...]     train (torchrun -m lofr.cli train ... for DDP)
+    lofr eval --checkpoint CKPT [--flip-test]         metrics table + COCO results JSON
+    lofr predict IMAGE --checkpoint CKPT [--box ...]  draw the skeleton on your own image
+    lofr data check ROOT --schema coco|mpii|crowdpose verify a dataset download
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from lofr.data import synth
+
+    kwargs = {}
+    if args.image_size:
+        kwargs["image_size"] = tuple(args.image_size)
+    stats = synth.generate(args.out, n_train=args.train, n_val=args.val, seed=args.seed, workers=args.workers,
+                           progress=not args.quiet, overwrite=args.overwrite, **kwargs)
+    print(f"SynthPose written to {Path(args.out).resolve()} in {stats['wall_time_s']:.1f} s")
+    for split in ("train", "val"):
+        s = stats[split]
+        print(f"\n{split}: {s['images']} images, {s['annotations']} person instances, "
+              f"median box height {s['box_height_median']:.0f} px")
+        print(synth.format_presence_table(s["presence"]))
+    return 0
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    from lofr.quickstart import quickstart
+
+    quickstart(root=args.data, progress=not args.quiet)
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from lofr.engine.config import load_config
+    from lofr.engine.trainer import train
+
+    cfg = load_config(args.config, _overrides(args))
+    out = args.out or str(Path("runs") / cfg.name)
+    result = train(cfg, out, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite)
+    if result.get("best"):
+        print(f"best: {result['best']}")
+    print(f"run folder: {result['out_dir']}")
+    return 0
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    extra = list(args.overrides)
+    if getattr(args, "data", None):
+        extra.append(f"data.root={args.data}")
+    return extra
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from lofr.data.topdown import mean_pose_prior
+    from lofr.engine.trainer import build_datasets, evaluate, load_model
+    from lofr.eval import format_per_joint, format_report
+
+    model, cfg = load_model(args.checkpoint, device=args.device)
+    if args.data:
+        cfg.data.root = args.data
+    if args.split == "train":  # evaluate on the training annotations, un-augmented
+        cfg.data.val_ann, cfg.data.val_img = cfg.data.train_ann, cfg.data.train_img
+    _, val = build_datasets(cfg, train=False)
+    prior = mean_pose_prior(build_datasets(cfg, val=False)[0]) if args.prior else None
+    flip = cfg.data.flip_test if args.flip_test is None else args.flip_test
+    report = evaluate(model, val, cfg.data.eval_batch_size, flip, device=args.device, prior_pose=prior,
+                      results_file=args.out, progress=not args.quiet)
+    rows = {cfg.name: report}
+    if report.prior is not None:
+        rows["mean-pose prior"] = report.prior
+    print(format_report(rows))
+    print()
+    print(format_per_joint(report, val.schema))
+    if args.out:
+        print(f"COCO results JSON (image coordinates): {args.out}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from lofr.engine.trainer import load_model
+    from lofr.viz import plot_prediction, predict_image
+
+    model, cfg = load_model(args.checkpoint, device=args.device)
+    box = None
+    if args.box:
+        try:
+            box = [float(v) for v in args.box.split(",")]
+        except ValueError:
+            raise SystemExit(f"--box must be x,y,w,h (numbers), got {args.box!r}")
+    pred = predict_image(model, args.image, tuple(cfg.data.input_size), cfg.data.schema, box, args.device)
+    out = args.out or str(Path(args.image).with_suffix("")) + "_pose.png"
+    plot_prediction(pred, out, thr=args.thr, responses=args.responses)
+    for name, (x, y), s in zip(pred["schema"].keypoints, pred["keypoints"], pred["scores"]):
+        print(f"{name:<16} x {x:8.1f}  y {y:8.1f}  score {s:.3f}")
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lofr import __version__
+
+    p = argparse.ArgumentParser(prog="lofr", description="Location-Free Human Pose Estimation (Xu et al., CVPR 2022)")
+    p.add_argument("--version", action="version", version=f"lofr {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="generate a SynthPose dataset in MS-COCO keypoint layout")
+    s.add_argument("out", help="output folder (annotations/, train2017/, val2017/ are written inside)")
+    s.add_argument("--train", type=int, default=None, help="training images (default: the embedded default size)")
+    s.add_argument("--val", type=int, default=None, help="validation images")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--workers", type=int, default=2, help="processes (the result does not depend on it)")
+    s.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="scene size in pixels")
+    s.add_argument("--overwrite", action="store_true", help="replace a dataset already in OUT")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=_cmd_synth)
+
+    q = sub.add_parser("quickstart", help="the main job on the embedded SynthPose default")
+    q.add_argument("--data", default=None, help="SynthPose root (default: generated into data/synthpose)")
+    q.add_argument("--quiet", action="store_true")
+    q.set_defaults(func=_cmd_quickstart)
+
+    t = sub.add_parser("train", help="train LOFR / the baseline / Sup-only (torchrun for several GPUs)",
+                       description="Train from a shipped config (synth-cpu, coco-r50-256x192, ...) or a YAML file. "
+                                   "Several GPUs: torchrun --nproc_per_node N -m lofr.cli train ...")
+    t.add_argument("--config", default="synth-cpu", help="config name or YAML path (default: synth-cpu)")
+    t.add_argument("--data", default=None, help="dataset root (overrides data.root)")
+    t.add_argument("--out", default=None, help="run folder (default: runs/<config name>)")
+    t.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    t.add_argument("--overwrite", action="store_true", help="replace a finished run in RUN_DIR")
+    t.add_argument("--quiet", action="store_true")
+    t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.epochs=3 model=baseline")
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint: COCO / PCK(h) / CrowdPose metrics + results JSON")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--data", default=None, help="dataset root (default: the one in the checkpoint's config)")
+    e.add_argument("--split", choices=("val", "train"), default="val")
+    flip = e.add_mutually_exclusive_group()
+    flip.add_argument("--flip-test", dest="flip_test", action="store_true", default=None)
+    flip.add_argument("--no-flip-test", dest="flip_test", action="store_false")
+    e.add_argument("--prior", action="store_true", help="also report the mean-pose prior (reads the training set)")
+    e.add_argument("--out", default=None, help="write the COCO results JSON here")
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=_cmd_eval)
+
+    pr = sub.add_parser("predict", help="draw the predicted skeleton for one person in your own image")
+    pr.add_argument("image")
+    pr.add_argument("--checkpoint", required=True)
+    pr.add_argument("--box", default=None, help="person box x,y,w,h in pixels (default: the whole image)")
+    pr.add_argument("--out", default=None, help="PNG to write (default: IMAGE_pose.png)")
+    pr.add_argument("--responses", action="store_true", help="also draw each joint's response map")
+    pr.add_argument("--thr", type=float, default=0.0, help="hide joints scoring below this")
+    pr.add_argument("--device", default="cpu")
+    pr.set_defaults(func=_cmd_predict)
+
+    from lofr.data.check import add_data_check_arguments, cmd_data_check
+
+    d = sub.add_parser("data", help="dataset tools")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    c = dsub.add_parser("check", help="verify a COCO / MPII / CrowdPose download (files, counts, a drawn sample)")
+    add_data_check_arguments(c)
+    c.set_defaults(func=cmd_data_check)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "synth" and (args.train is None or args.val is None):
+        from lofr.data import synth
+
+        args.train = synth.DEFAULT_TRAIN if args.train is None else args.train
+        args.val = synth.DEFAULT_VAL if args.val is None else args.val
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

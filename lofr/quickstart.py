@@ -1,0 +1,72 @@
+"""``lofr quickstart``: the main job on the embedded default.
+
+1. generate SynthPose into ``data/synthpose`` unless it is already there (cached);
+2. print its statistics and the per-keypoint presence table (the image-level labels' balance);
+3. run the real evaluator (pycocotools' COCOeval + PCK + pixel error) on two reference
+   predictors over the validation crops: the ground truth sent through the top-down crop and
+   back (a check of the whole pipeline: it must score AP 1.0, PCK 1.0, 0 px) and the mean-pose
+   prior (every joint at its mean crop position over the training set: the floor any model must
+   beat before its AP means anything).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lofr.data import synth
+from lofr.data.topdown import TopDownDataset, mean_pose_prior
+from lofr.data.transforms import affine_points, crop_to_image, get_affine_transform
+from lofr.eval import evaluate_keypoints, format_per_joint, format_report, mean_pose_records
+
+QUICKSTART_INPUT = (64, 48)  # (H, W): the CPU default crop
+
+
+def _datasets(root, input_size):
+    ann, img = root / "annotations", root
+    train = TopDownDataset(ann / "person_keypoints_train2017.json", img / "train2017", "coco", input_size)
+    val = TopDownDataset(ann / "person_keypoints_val2017.json", img / "val2017", "coco", input_size)
+    return train, val
+
+
+def ground_truth_records(dataset: TopDownDataset) -> list[dict]:
+    """Ground-truth keypoints taken from each eval crop (crop coordinates) and mapped back to the
+    image with the inverse affine: what a perfect model's ``predict()`` would give."""
+    records = []
+    for i in range(len(dataset)):
+        p = dataset.crop_params(i)
+        rec = dataset.records[i]
+        crop_kp = affine_points(rec.keypoints[:, :2], get_affine_transform(p.center, p.scale, p.rotation,
+                                                                            dataset.input_size))
+        img_kp = crop_to_image(crop_kp, p.center, p.scale, p.rotation, dataset.input_size)
+        records.append({"image_id": rec.image_id, "ann_id": rec.ann_id, "keypoints": img_kp,
+                        "scores": np.ones(dataset.schema.num_keypoints)})
+    return records
+
+
+def quickstart(root=None, n_train: int = synth.DEFAULT_TRAIN, n_val: int = synth.DEFAULT_VAL,
+               progress: bool = True) -> dict:
+    root = synth.ensure_synthpose(root, n_train=n_train, n_val=n_val, progress=progress)
+    print(f"SynthPose at {root}")
+    train, val = _datasets(root, QUICKSTART_INPUT)
+    for name, ds in (("train", train), ("val", val)):
+        print(f"  {name}: {len(ds.coco.getImgIds())} images, {len(ds)} person crops ({ds.report})")
+    print()
+    print(synth.format_presence_table(train.ann_file, title="Image-level labels of the training instances"))
+    print()
+
+    gt = ground_truth_records(val)
+    prior_pose = mean_pose_prior(train)
+    crops = [val.crop_params(i) for i in range(len(val))]
+    prior = mean_pose_records(prior_pose, [r.image_id for r in val.records], [r.ann_id for r in val.records],
+                              [c.center for c in crops], [c.scale for c in crops], val.input_size)
+    reports = {
+        "ground truth (crop and back)": evaluate_keypoints(val.coco.dataset, gt, val.schema),
+        "mean-pose prior": evaluate_keypoints(val.coco.dataset, prior, val.schema),
+    }
+    print(f"Validation, {len(val)} persons, {QUICKSTART_INPUT[0]}x{QUICKSTART_INPUT[1]} crops "
+          "(OKS AP from pycocotools' COCOeval; PCK of the box diagonal):")
+    print(format_report(reports))
+    print()
+    print("Mean-pose prior per joint:")
+    print(format_per_joint(reports["mean-pose prior"], val.schema))
+    return reports

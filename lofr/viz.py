@@ -1,0 +1,94 @@
+"""Drawing: skeletons, response maps and one-image prediction (used by ``lofr predict`` and the notebooks)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from lofr.data.schemas import KeypointSchema, get_schema
+from lofr.data.topdown import load_rgb
+from lofr.data.transforms import box_to_center_scale, crop_to_image, get_affine_transform, normalize_image, warp_image
+
+__all__ = ["side_colour", "draw_skeleton", "predict_image", "plot_prediction"]
+
+
+def side_colour(name: str) -> str:
+    """Left joints blue, right joints orange, the midline green (the usual pose-figure colours)."""
+    return "tab:blue" if "left" in name else "tab:orange" if "right" in name else "tab:green"
+
+
+def draw_skeleton(ax, keypoints, scores=None, schema: str | KeypointSchema = "coco", thr: float = 0.0,
+                  labels: bool = False, size: float = 18.0) -> None:
+    """Draw (C, 2) keypoints and the schema's kinematic edges on a matplotlib axis; joints whose
+    score is below ``thr`` (and the edges touching them) are left out."""
+    schema = get_schema(schema)
+    kp = np.asarray(keypoints, dtype=float)
+    ok = np.ones(len(kp), bool) if scores is None else np.asarray(scores) >= thr
+    for i, j in schema.edges:
+        if ok[i] and ok[j]:
+            ax.plot(kp[[i, j], 0], kp[[i, j], 1], "-", color=side_colour(schema.keypoints[i]), lw=1.5, alpha=0.8)
+    for c, name in enumerate(schema.keypoints):
+        if ok[c]:
+            ax.scatter(kp[c, 0], kp[c, 1], s=size, color=side_colour(name), edgecolors="white", linewidths=0.6, zorder=3)
+            if labels:
+                ax.annotate(name, kp[c], fontsize=6, color="white", xytext=(3, -3), textcoords="offset points")
+
+
+@torch.no_grad()
+def predict_image(model, image_path, input_size, schema, box=None, device="cpu") -> dict:
+    """Run a top-down model on one person of one image.
+
+    box: (x, y, w, h) person box in image pixels; None = the whole image. Returns
+    dict(image (h, w, 3) uint8, keypoints (C, 2) in image pixels, scores (C,), crop (3, H, W) normalised,
+    response (C, H/4, W/4) or None, center, scale).
+    """
+    rgb = load_rgb(image_path)  # (h, w, 3)
+    h, w = rgb.shape[:2]
+    box = (0.0, 0.0, float(w), float(h)) if box is None else tuple(float(v) for v in box)
+    if len(box) != 4 or box[2] <= 0 or box[3] <= 0:
+        raise ValueError(f"--box must be x,y,w,h with positive w and h, got {box}")
+    center, scale = box_to_center_scale(box, input_size[1] / input_size[0])
+    mat = get_affine_transform(center, scale, 0.0, input_size)
+    image = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255.0  # (3, h, w)
+    crop = normalize_image(warp_image(image, mat, input_size, fill="edge"))  # (3, H, W)
+    model.eval()
+    out = model.predict(crop[None].to(device))
+    kp_crop = out["keypoints"][0].cpu().numpy()  # (C, 2)
+    fused = out.get("outputs", {}).get("response_fused") if isinstance(out.get("outputs"), dict) else None
+    return {"image": rgb, "keypoints": crop_to_image(kp_crop, center, scale, 0.0, input_size),
+            "scores": out["scores"][0].cpu().numpy(), "crop": crop,
+            "response": None if fused is None else fused[0].cpu().numpy(), "center": center, "scale": scale,
+            "schema": get_schema(schema)}
+
+
+def plot_prediction(pred: dict, out_png=None, thr: float = 0.0, responses: bool = False):
+    """The image with the predicted skeleton; with ``responses`` also each joint's response map."""
+    schema = pred["schema"]
+    show_maps = responses and pred["response"] is not None
+    if show_maps:
+        cols = 6
+        rows = 1 + int(np.ceil(schema.num_keypoints / cols))
+        fig = plt.figure(figsize=(2.2 * cols, 2.6 * rows))
+        ax = fig.add_subplot(rows, 1, 1)
+    else:
+        fig, ax = plt.subplots(figsize=(5, 5))
+    ax.imshow(pred["image"])
+    draw_skeleton(ax, pred["keypoints"], pred["scores"], schema, thr)
+    ax.set_title("prediction (blue: left, orange: right)")
+    ax.axis("off")
+    if show_maps:
+        for c, name in enumerate(schema.keypoints):
+            a = fig.add_subplot(rows, cols, cols + c + 1)
+            im = a.imshow(pred["response"][c], cmap="magma")
+            a.set_title(f"{name}\nscore {pred['scores'][c]:.2f}", fontsize=7)
+            a.axis("off")
+            fig.colorbar(im, ax=a, fraction=0.046)
+    fig.tight_layout()
+    if out_png is not None:
+        Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out_png, dpi=120)
+        plt.close(fig)
+    return fig

@@ -1,0 +1,64 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from lofr.cli import main
+from lofr.quickstart import quickstart
+
+
+def test_lofr_synth_writes_coco_layout_and_prints_presence(tmp_path, capsys):
+    out = tmp_path / "sp"
+    assert main(["synth", str(out), "--train", "6", "--val", "2", "--seed", "3", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "left_wrist" in text and "train: 6 images" in text
+    data = json.loads((out / "annotations" / "person_keypoints_train2017.json").read_text())
+    assert len(data["images"]) == 6 and data["categories"][0]["keypoints"][9] == "left_wrist"
+    with pytest.raises(FileExistsError):
+        main(["synth", str(out), "--train", "6", "--val", "2", "--quiet"])
+
+
+def test_quickstart_evaluates_ground_truth_and_prior_through_the_real_evaluator(tmp_path, capsys):
+    reports = quickstart(tmp_path / "sp", n_train=30, n_val=10, progress=False)
+    gt, prior = reports["ground truth (crop and back)"], reports["mean-pose prior"]
+    g, p = gt.summary(), prior.summary()
+    assert g["AP"] == pytest.approx(1.0) and g["PCK@0.1"] == 1.0 and g["px err"] < 1e-3
+    assert p["PCK@0.2"] < 0.9 and p["px err"] > 3.0
+    out = capsys.readouterr().out
+    assert "mean-pose prior" in out and "Image-level labels" in out
+
+
+def test_cli_entry_point_is_installed():
+    r = subprocess.run([sys.executable, "-m", "lofr.cli", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "synth" in r.stdout and "quickstart" in r.stdout
+
+
+def test_train_eval_predict_end_to_end(tmp_path, capsys):
+    from lofr.data import synth
+
+    root = tmp_path / "sp"
+    synth.generate(root, n_train=16, n_val=6, seed=0, image_size=(96, 80), workers=1, progress=False)
+    run = tmp_path / "run"
+    tiny = ["data.workers=0", "arch.d_model=32", "arch.nhead=2", "arch.enc_layers=1", "arch.dec_layers=1",
+            "arch.dim_ff=64", "optim.batch_size=8", "optim.epochs=1", "optim.warmup_steps=1", "data.eval_batch_size=8"]
+    assert main(["train", "--config", "synth-cpu", "--data", str(root), "--out", str(run), "--quiet", *tiny]) == 0
+    assert (run / "last.pt").is_file() and (run / "best.pt").is_file()
+
+    results = tmp_path / "results.json"
+    assert main(["eval", "--checkpoint", str(run / "best.pt"), "--out", str(results), "--prior", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "mean-pose prior" in text and "left_wrist" in text
+    from pycocotools.coco import COCO
+
+    gt = COCO(str(root / "annotations" / "person_keypoints_val2017.json"))
+    dets = gt.loadRes(str(results))
+    assert len(dets.getAnnIds()) == len(gt.getAnnIds(iscrowd=False))
+
+    image = root / "val2017" / sorted(p.name for p in (root / "val2017").iterdir())[0]
+    png = tmp_path / "pose.png"
+    assert main(["predict", str(image), "--checkpoint", str(run / "last.pt"), "--box", "10,10,50,70",
+                 "--out", str(png), "--responses"]) == 0
+    assert png.stat().st_size > 1000 and "right_ankle" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--box must be x,y,w,h"):
+        main(["predict", str(image), "--checkpoint", str(run / "last.pt"), "--box", "a,b"])
