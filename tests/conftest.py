@@ -108,63 +108,9 @@ def coco_data():
 def synthpose_small(tmp_path_factory):
     """A small SynthPose set (200 train / 50 val) in a session tmp dir: returns its root, laid out
     as COCO (annotations/person_keypoints_{train,val}2017.json, {train,val}2017/*.jpg)."""
+    from lofr.data import synth
+
     root = tmp_path_factory.mktemp("synthpose_small")
-    try:
-        from lofr.data import synth
-    except ImportError:  # the generator is not there yet: a crude stand-in with the same layout
-        return mini_synth(root, n_train=200, n_val=50, seed=0)
     synth.generate(root, n_train=200, n_val=50, seed=0, workers=1, progress=False)
     return root
 
-
-def mini_synth(root: Path, n_train: int = 200, n_val: int = 50, seed: int = 0, size_wh=(96, 128)):
-    """A stand-in for SynthPose (used only while ``lofr.data.synth`` is missing): one stick figure
-    per textured image, often cut off by the image border. Keypoints outside the image are
-    unlabelled (v=0); the box is the labelled keypoints' extent (+ margin) clipped to the image;
-    the segmentation is one polygon per limb. Same COCO layout as SynthPose."""
-    rng = np.random.default_rng(seed)
-    w, h = size_wh
-    limbs = COCO17.edges
-    for split, n in (("train", n_train), ("val", n_val)):
-        (root / f"{split}2017").mkdir(parents=True, exist_ok=True)
-        images, anns = [], []
-        for k in range(n):
-            # textured background: a colour gradient plus blocky noise
-            c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-            t = np.linspace(0, 1, h)[:, None, None]
-            bg = c0 * (1 - t) + c1 * t + rng.normal(0, 25, (h // 8, w // 8, 1)).repeat(8, 0).repeat(8, 1)
-            im = Image.fromarray(np.clip(np.broadcast_to(bg, (h, w, 3)), 0, 255).astype(np.uint8))
-            d = ImageDraw.Draw(im)
-            height = rng.uniform(0.6, 1.4) * h
-            pts = (PERSON - PERSON.mean(0)) * height / 85.0
-            pts[:, 0] *= rng.choice([-1, 1]) * rng.uniform(0.8, 1.2)
-            pts += [rng.uniform(0.1, 0.9) * w, rng.uniform(0.05, 0.95) * h]
-            colour = tuple(int(v) for v in rng.uniform(0, 255, 3))
-            lw = max(2, int(height / 25))
-            segs = []
-            for a, b in limbs:
-                d.line([tuple(pts[a]), tuple(pts[b])], fill=colour, width=lw)
-                nrm = np.array([pts[b, 1] - pts[a, 1], pts[a, 0] - pts[b, 0]])
-                nrm = nrm / (np.linalg.norm(nrm) + 1e-9) * lw / 2
-                quad = [pts[a] + nrm, pts[b] + nrm, pts[b] - nrm, pts[a] - nrm]
-                segs.append([float(c) for p in quad for c in p])
-            inside = (pts[:, 0] >= 0) & (pts[:, 0] < w) & (pts[:, 1] >= 0) & (pts[:, 1] < h)
-            if inside.sum() < 2:
-                pts[:] = [[w / 2, h / 2]] * 17
-                inside[:] = True
-            lab = pts[inside]
-            x0, y0 = np.clip(lab.min(0) - lw, 0, [w, h])
-            x1, y1 = np.clip(lab.max(0) + lw, 0, [w, h])
-            fname = f"{k:06d}.jpg"
-            im.save(root / f"{split}2017" / fname, quality=95)
-            images.append({"id": k + 1, "file_name": fname, "width": w, "height": h})
-            anns.append({"id": k + 1, "image_id": k + 1, "category_id": 1, "iscrowd": 0,
-                         "keypoints": _kps(pts, np.where(inside, 2, 0)), "num_keypoints": int(inside.sum()),
-                         "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
-                         "area": float((x1 - x0) * (y1 - y0)), "segmentation": segs})
-        (root / "annotations").mkdir(exist_ok=True)
-        data = {"images": images, "annotations": anns,
-                "categories": [{"id": 1, "name": "person", "keypoints": list(COCO17.keypoints),
-                                "skeleton": COCO17.skeleton_coco}]}
-        (root / "annotations" / f"person_keypoints_{split}2017.json").write_text(json.dumps(data))
-    return root

@@ -410,7 +410,15 @@ class TopDownDataset(Dataset):
         return warp_image(img, crop_affine(center, (bw, bh), 0.0, out_hw), out_hw, fill="edge")
 
     def get(self, index: int, params: CropParams | None = None, rng: np.random.Generator | None = None) -> dict:
-        """Sample ``index`` under crop ``params`` (drawn with ``rng`` when not given)."""
+        """Sample ``index`` under crop ``params`` (drawn with ``rng`` when not given):
+
+        image (3, H, W) ImageNet-normalised; labels (C,) image-level labels (v > 0 and inside the
+        crop); keypoints (C, 2) input pixels (0 where v = 0; labelled but outside the crop keeps its
+        coordinate); visible = target_weight = labels; visibility (C,) raw v (after the flip swap);
+        heatmaps (C, H/stride, W/stride); has_location (); meta: center, scale, rotation, flipped,
+        image_id, ann_id, bbox, area, index. A crop point p maps back to the image by
+        ``crop_to_image(p', center, scale, rotation, input_size)`` with p' = (W - x, y) if flipped.
+        """
         rec = self.records[index]
         p = params if params is not None else self.crop_params(index, rng)
         out_hw = self.input_size
