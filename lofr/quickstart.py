@@ -49,7 +49,9 @@ def quickstart(root=None, n_train: int = synth.DEFAULT_TRAIN, n_val: int = synth
     print(f"SynthPose at {root}")
     train, val = _datasets(root, QUICKSTART_INPUT)
     for name, ds in (("train", train), ("val", val)):
-        print(f"  {name}: {len(ds.coco.getImgIds())} images, {len(ds)} person crops ({ds.report})")
+        excluded = {k: v for k, v in ds.report.items() if k not in ("annotations", "kept") and v}
+        print(f"  {name}: {len(ds.coco.getImgIds())} images, {ds.report['annotations']} person annotations, "
+              f"{len(ds)} crops kept" + (f"; excluded / changed: {excluded}" if excluded else ""))
     print()
     print(synth.format_presence_table(train.ann_file, title="Image-level labels of the training instances"))
     print()
