@@ -10,9 +10,11 @@ import torch
 
 from lofr.data.schemas import KeypointSchema, get_schema
 from lofr.data.topdown import load_rgb
-from lofr.data.transforms import box_to_center_scale, crop_to_image, get_affine_transform, normalize_image, warp_image
+from lofr.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, box_to_center_scale, crop_to_image,
+                                  get_affine_transform, normalize_image, warp_image)
 
-__all__ = ["side_colour", "draw_skeleton", "predict_image", "plot_prediction"]
+__all__ = ["side_colour", "draw_skeleton", "predict_image", "plot_prediction", "crop_to_rgb", "show_maps",
+           "plot_matrix"]
 
 
 def side_colour(name: str) -> str:
@@ -92,3 +94,77 @@ def plot_prediction(pred: dict, out_png=None, thr: float = 0.0, responses: bool 
         fig.savefig(out_png, dpi=120)
         plt.close(fig)
     return fig
+
+
+def crop_to_rgb(image) -> np.ndarray:
+    """A normalised (3, H, W) network input (``normalize_image``) -> (H, W, 3) float RGB in [0, 1]."""
+    x = torch.as_tensor(image).detach().float().cpu()
+    if x.ndim != 3 or x.shape[0] != 3:
+        raise ValueError(f"crop_to_rgb expects a (3, H, W) image, got shape {tuple(x.shape)}")
+    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+    std = torch.tensor(IMAGENET_STD)[:, None, None]
+    return (x * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+def show_maps(maps, names, image=None, points=None, truth=None, title: str | None = None, cols: int = 6,
+              cmap: str = "magma", alpha: float = 0.65, size: float = 1.9, colorbar: bool = True,
+              subtitles=None):
+    """One panel per map: maps (K, h, w) (tensor or array), each titled with ``names[k]``.
+
+    image: optional (H, W, 3) RGB under every map; the map is stretched over it with
+    ``extent=(0, W, H, 0)``, so cell (i, j) of a stride-s map covers the input pixels
+    [j s, (j + 1) s) x [i s, (i + 1) s) (lofr/data/transforms.py's convention).
+    points / truth: optional (K, 2) (x, y) in the image's pixels, drawn as a cyan cross (e.g. a
+    prediction) / a white circle (the ground truth); NaN rows are skipped.
+    subtitles: optional K strings appended under the names. Returns the figure."""
+    m = np.asarray(torch.as_tensor(maps).detach().float().cpu())
+    if m.ndim != 3 or len(m) != len(names):
+        raise ValueError(f"show_maps: maps must be (K, h, w) with K = len(names) = {len(names)}, got {m.shape}")
+    k = len(m)
+    cols = min(cols, k)
+    rows = int(np.ceil(k / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * 1.25 * rows + (0.4 if title else 0)),
+                             squeeze=False)
+    for idx, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if idx >= k:
+            continue
+        extent = None
+        if image is not None:
+            img = np.asarray(image)
+            ax.imshow(img)
+            extent = (0, img.shape[1], img.shape[0], 0)
+        im = ax.imshow(m[idx], cmap=cmap, alpha=alpha if image is not None else 1.0, extent=extent,
+                       interpolation="nearest")
+        for pts, style in ((truth, dict(marker="o", s=28, facecolors="none", edgecolors="white", linewidths=1.2)),
+                           (points, dict(marker="x", s=28, c="cyan", linewidths=1.5))):
+            if pts is not None and np.all(np.isfinite(np.asarray(pts)[idx])):
+                ax.scatter(*np.asarray(pts)[idx], **style)
+        label = names[idx] if subtitles is None else f"{names[idx]}\n{subtitles[idx]}"
+        ax.set_title(label, fontsize=7)
+        if colorbar:
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=5)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_matrix(ax, matrix, labels, title: str = "", cmap: str = "viridis", vmin=None, vmax=None,
+                colorbar: bool = True, fmt: str | None = None):
+    """A labelled (C, C) heatmap (relation weights, prototype inner products) on ``ax``: rows and
+    columns named by ``labels``; ``fmt`` (e.g. ".2f") also writes each value in its cell."""
+    m = np.asarray(torch.as_tensor(matrix).detach().float().cpu())
+    if m.ndim != 2 or m.shape[0] != len(labels) or m.shape[1] != len(labels):
+        raise ValueError(f"plot_matrix: matrix must be ({len(labels)}, {len(labels)}), got {m.shape}")
+    im = ax.imshow(m, cmap=cmap, vmin=vmin, vmax=vmax)
+    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=6)
+    ax.set_yticks(range(len(labels)), labels, fontsize=6)
+    ax.set_title(title, fontsize=9)
+    if fmt:
+        for i in range(m.shape[0]):
+            for j in range(m.shape[1]):
+                ax.text(j, i, format(m[i, j], fmt), ha="center", va="center", fontsize=4, color="white")
+    if colorbar:
+        ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+    return im
