@@ -95,3 +95,14 @@ def test_lofr_dec_value_local_pools_the_encoder_input(dec_value):
 def test_dec_value_is_checked():
     with pytest.raises(ValueError, match="dec_value"):
         LOFR(config=small(dec_value="global"))
+
+
+def test_cam_stride_8_gives_twice_finer_cams_and_is_checked():
+    torch.manual_seed(0)
+    model = LOFR(config=small(cam_stride=8)).eval()
+    out = model(torch.randn(1, 3, 64, 48))
+    assert out["cams"].shape == (1, 17, 8, 6) and model.cam_head.to_classes.in_channels == 64  # small CNN's c2
+    assert model.predict_cam(torch.randn(1, 3, 64, 48))["keypoints"].shape == (1, 17, 2)
+    assert LOFR(config=small()).cam_head.to_classes.in_channels == 128  # default: stride 16
+    with pytest.raises(ValueError, match="cam_stride"):
+        LOFRConfig.cpu_small(cam_stride=32).check()

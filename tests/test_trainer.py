@@ -117,7 +117,7 @@ def test_lr_factor_warmup_cosine_multistep():
 
 
 def test_param_groups_split_cnn_from_transformer():
-    cfg = load_config("synth-cpu", TINY)
+    cfg = load_config("synth-cpu", TINY + ["optim.transformer_lr_mult=0.1"])  # the paper's x0.1
     model = build_model(cfg)
     groups = param_groups(model, cfg.optim)
     by_name = {g["name"]: g for g in groups}
@@ -273,7 +273,7 @@ def test_smoke_train_writes_metrics_results_and_checkpoints(smoke_run, tiny_synt
     cfg, out, result = smoke_run
     spe = result["steps_per_epoch"]
     assert spe >= 2 and result["step"] == spe + 1 and result["effective_batch"] == 8
-    assert result["lr"] == pytest.approx({"cnn": 4e-3, "transformer": 4e-4})
+    assert result["lr"] == pytest.approx({"cnn": cfg.optim.lr, "transformer": cfg.optim.lr * cfg.optim.transformer_lr_mult})
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["epoch_done"]) for r in lines] == [(spe, True), (spe + 1, False)]  # epoch 1 + final
     for r in lines:

@@ -77,6 +77,10 @@ class LOFRConfig:
     keypoint query pools (its part feature and hence its presence logit) is only what lies under
     its attention. With "memory" self-attention can spread "a wrist is present" over every token,
     and the classification loss no longer needs the response to sit on the wrist.
+
+    ``cam_stride`` (the paper: the CNN's last map, 16 here): which backbone map the CAM head reads.
+    8 gives twice finer CAMs (and SPE key maps) from a shallower, smaller-receptive-field map; at
+    64x48 input stride 16 is a 4x3 grid.
     """
 
     backbone: str = "resnet50"
@@ -104,6 +108,7 @@ class LOFRConfig:
     reppg_layers: int = 2
     dec_self_attn: bool = True
     dec_value: Literal["memory", "local"] = "memory"  # what the decoder's cross-attention reads
+    cam_stride: int = 16  # the backbone map the CAM head reads (4, 8 or 16)
     loss: LossWeights = field(default_factory=LossWeights)
 
     @classmethod
@@ -157,6 +162,8 @@ class LOFRConfig:
             raise ValueError(f"LOFRConfig: dec_value must be 'memory' or 'local', got {self.dec_value!r}")
         if self.d_model % self.nhead:
             raise ValueError(f"LOFRConfig: d_model {self.d_model} not divisible by nhead {self.nhead}")
+        if self.cam_stride not in BACKBONE_STRIDES:
+            raise ValueError(f"LOFRConfig: cam_stride must be one of {BACKBONE_STRIDES}, got {self.cam_stride}")
         if self.single_scale_stride not in BACKBONE_STRIDES:
             raise ValueError(f"LOFRConfig: single_scale_stride must be one of {BACKBONE_STRIDES}, "
                              f"got {self.single_scale_stride}")
@@ -252,7 +259,7 @@ class LOFR(nn.Module):
             raise ValueError(f"RePPG needs a keypoint schema for C={c}; pass schema=")
 
         self.strides = list(BACKBONE_STRIDES) if cfg.multi_scale else [cfg.single_scale_stride]  # encoder's
-        self.cam_stride = BACKBONE_STRIDES[-1]  # the CAM head reads the deepest map
+        self.cam_stride = cfg.cam_stride  # the map the CAM head reads (default the deepest, 16)
         needed = sorted(set(self.strides) | ({self.cam_stride} if cfg.cam_head else set()))
         self.backbone = Backbone(cfg.backbone, cfg.pretrained, strides=tuple(needed))
         channels = dict(zip(self.backbone.strides, self.backbone.channels))

@@ -1,0 +1,184 @@
+"""Issue 4's claim on SynthPose: does LOFR localise from image-level labels?
+
+Trains (or, with ``--checkpoint-dir``, loads) three models with the same config, backbone and budget,
+evaluates them on SynthPose val (ground-truth boxes, flip test) and prints ONE table:
+
+    mean-pose prior  the training set's mean crop-space pose pasted into every crop (no model)
+    CAM argmax       LOFR's own CNN branch: the arg-max of each keypoint's CAM (Eq. 1, stride 16)
+    Baseline         CNN + DETR encoder/decoder, final BCE only (``model=baseline``), image labels only
+    LOFR             the full model (``model=lofr``), image labels only
+    supervised       the same backbone + a heatmap head trained with the heatmap MSE on every
+                     instance (``model=sup-only data.labelled_fraction=1.0 loss.mse=1.0``)
+
+plus PCK@0.1 per joint group and the recovered-gain ratio (PCK_LOFR - PCK_prior) / (PCK_sup -
+PCK_prior) at 0.1 and 0.2 (the analogue of the paper's LOFR / Sup-only AP ratio). Writes
+``benchmarks/results/synth_claim.{json,md}`` with the command, git commit, machine and wall times.
+
+    python benchmarks/synth_claim.py                       # the synth-cpu main job (~15 min, 2 cores)
+    python benchmarks/synth_claim.py --set optim.epochs=6  # any config override, for every model
+    python benchmarks/synth_claim.py --checkpoint-dir runs/synth_claim   # evaluate trained runs
+    python benchmarks/synth_claim.py --quick               # a smoke run: a few steps each
+
+Runs go to ``--runs-dir/{lofr,baseline,sup}`` (``lofr train``'s layout: last.pt, metrics.jsonl, ...);
+``--checkpoint-dir`` reads ``<dir>/<model>/last.pt`` from such a folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = {  # row key -> (model overrides, label)
+    "baseline": (["model=baseline"], "Baseline"),
+    "lofr": (["model=lofr"], "LOFR"),
+    "sup": (["model=sup-only", "data.labelled_fraction=1.0", "loss.mse=1.0"], "supervised"),
+}
+ORDER = [("prior", "mean-pose prior"), ("cam", "CAM argmax"), ("baseline", "Baseline"), ("lofr", "LOFR"),
+         ("sup", "supervised")]
+QUICK = ["optim.epochs=1", "max_steps=2", "optim.batch_size=8", "optim.warmup_steps=1", "data.workers=0",
+         "data.eval_batch_size=16"]
+GROUPS = ("face", "arms", "legs")
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def row_metrics(report) -> dict:
+    """An EvalReport -> the numbers of one table row."""
+    s = report.summary()
+    return {"PCK@0.1": report.pck[0.1], "PCK@0.2": report.pck[0.2], "px err": report.px_error,
+            "AP": s.get("AP", float("nan")), "AP50": s.get("AP50", float("nan")), "AR": s.get("AR", float("nan")),
+            **{f"{g} PCK@0.1": report.pck_per_group[0.1][g] for g in GROUPS},
+            **{f"{g} PCK@0.2": report.pck_per_group[0.2][g] for g in GROUPS},
+            **{f"{g} px err": report.px_error_per_group[g] for g in GROUPS}}
+
+
+def recovered_gain(rows: dict, key: str = "lofr") -> dict:
+    """(PCK_key - PCK_prior) / (PCK_sup - PCK_prior) at 0.1 and 0.2 (nan when sup does not beat the prior)."""
+    out = {}
+    for t in ("PCK@0.1", "PCK@0.2"):
+        gain = rows["sup"][t] - rows["prior"][t]
+        out[t] = (rows[key][t] - rows["prior"][t]) / gain if gain > 0 else float("nan")
+    return out
+
+
+def format_table(rows: dict, timing: dict) -> str:
+    """The markdown table of every row, then the recovered-gain ratios."""
+    cols = ["PCK@0.1", "PCK@0.2", "px err", "AP", "AP50", "AR"] + [f"{g} PCK@0.1" for g in GROUPS] \
+        + [f"{g} PCK@0.2" for g in GROUPS]
+    lines = ["| model | " + " | ".join(cols) + " | train s | img/s |", "|---" * (len(cols) + 3) + "|"]
+    for key, label in ORDER:
+        if key not in rows:
+            continue
+        r, t = rows[key], timing.get(key, {})
+        cells = [f"{r[c]:.1f}" if c == "px err" else f"{r[c]:.3f}" for c in cols]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {t.get('train_s', '')} | {t.get('images_per_s', '')} |")
+    if all(k in rows for k in ("prior", "sup")):
+        for key in ("lofr", "baseline", "cam"):
+            if key in rows:
+                g = recovered_gain(rows, key)
+                lines.append(f"\nrecovered gain {dict(ORDER)[key]}: (PCK - PCK_prior) / (PCK_sup - PCK_prior) = "
+                             f"{g['PCK@0.1']:.2f} at 0.1, {g['PCK@0.2']:.2f} at 0.2")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--config", default="synth-cpu", help="config name or YAML path (default synth-cpu)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every model")
+    p.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS), help="which to train/load")
+    p.add_argument("--checkpoint-dir", help="load <dir>/<model>/last.pt instead of training")
+    p.add_argument("--runs-dir", default=str(ROOT / "runs" / "synth_claim"), help="where training writes")
+    p.add_argument("--results-dir", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--data-root", help="dataset root (default: the config's; SynthPose)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: with data.workers=1 that fills 2 cores;\n2 threads + a loader on a loaded 2-core machine ran 7 s/step instead of 0.1)")
+    p.add_argument("--quick", action="store_true", help="smoke run: 2 steps per model, tiny batches")
+    args = p.parse_args(argv)
+
+    from lofr.data.topdown import mean_pose_prior
+    from lofr.engine.config import load_config
+    from lofr.engine.trainer import build_datasets, evaluate, load_model, train
+
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    common = list(args.set) + (QUICK if args.quick else []) + ([f"data.root={args.data_root}"] if args.data_root else [])
+    rows, timing, reports = {}, {}, {}
+    val_ds = prior = None
+    for key in args.models:
+        extra, label = MODELS[key]
+        cfg = load_config(args.config, common + extra)
+        run_dir = Path(args.checkpoint_dir if args.checkpoint_dir else args.runs_dir) / key
+        if args.checkpoint_dir:
+            model, cfg = load_model(run_dir / "last.pt")
+            timing[key] = {}
+        else:
+            t0 = time.perf_counter()
+            res = train(cfg, run_dir, overwrite=True, progress=False)
+            wall = time.perf_counter() - t0
+            model, _ = load_model(res["last"])
+            timing[key] = {"train_s": round(wall, 1), "steps": res["step"], "batch": cfg.optim.batch_size,
+                           "evals_in_training": len(res["history"])}
+        if val_ds is None:
+            train_ds, val_ds = build_datasets(cfg)
+            prior_pose = mean_pose_prior(train_ds)
+        t0 = time.perf_counter()
+        report = evaluate(model, val_ds, cfg.data.eval_batch_size, cfg.data.flip_test, prior_pose=prior_pose)
+        eval_s = time.perf_counter() - t0
+        if "train_s" in timing[key]:  # train() evaluated every eval_every epochs: leave that out of the rate
+            t = timing[key]
+            t["images_per_s"] = round(t["steps"] * t["batch"] / max(t["train_s"] - t["evals_in_training"] * eval_s,
+                                                                   1e-9), 1)
+        timing[key]["eval_s"] = round(eval_s, 1)
+        rows[key], reports[key] = row_metrics(report), report
+        if prior is None:
+            prior = row_metrics(report.prior)
+        if key == "lofr":
+            rows["cam"] = row_metrics(evaluate(model, val_ds, cfg.data.eval_batch_size, cfg.data.flip_test,
+                                               source="cam"))
+        print(f"{label}: PCK@0.1 {rows[key]['PCK@0.1']:.3f}  PCK@0.2 {rows[key]['PCK@0.2']:.3f}  "
+              f"px err {rows[key]['px err']:.1f}  {timing[key]}", flush=True)
+    rows["prior"] = prior
+    wall = time.perf_counter() - t_start
+
+    table = format_table(rows, timing)
+    gains = {k: recovered_gain(rows, k) for k in ("lofr", "baseline", "cam") if k in rows} \
+        if "sup" in rows else {}
+    machine = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+               "python": platform.python_version(), "platform": platform.platform()}
+    try:
+        machine["load_avg"] = os.getloadavg()
+    except OSError:
+        pass
+    command = "python " + " ".join(shlex.quote(a) for a in [
+        "benchmarks/synth_claim.py", *(sys.argv[1:] if argv is None else argv)])
+    out = {"command": command, "commit": git_commit(), "machine": machine, "wall_s": round(wall, 1),
+           "config": args.config, "overrides": common, "rows": rows, "timing": timing, "recovered_gain": gains,
+           "table": table}
+    results = Path(args.results_dir)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "synth_claim.json").write_text(json.dumps(out, indent=1, default=float))
+    md = (f"# SynthPose claim benchmark\n\n`{command}`\n\ncommit `{out['commit']}`, {machine['cpu_count']} CPUs, "
+          f"torch {machine['torch']} ({machine['torch_threads']} threads), wall {out['wall_s']} s\n\n{table}\n")
+    (results / "synth_claim.md").write_text(md)
+    print(table)
+    print(f"wall time {wall:.0f} s; written to {results}/synth_claim.{{json,md}}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

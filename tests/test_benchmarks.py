@@ -1,0 +1,64 @@
+"""benchmarks/synth_claim.py --quick on a tiny generated SynthPose: it trains the three models, prints
+one table and writes its json / md with the command, commit and machine."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("synth_claim", ROOT / "benchmarks" / "synth_claim.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    from lofr.data import synth
+
+    root = tmp_path_factory.mktemp("synth_bench")
+    synth.generate(root, n_train=16, n_val=6, seed=0, image_size=(96, 80), workers=1, progress=False)
+    return root
+
+
+def test_recovered_gain_hand_case():
+    bench = load_benchmark()
+    rows = {"prior": {"PCK@0.1": 0.2, "PCK@0.2": 0.6}, "sup": {"PCK@0.1": 0.6, "PCK@0.2": 0.9},
+            "lofr": {"PCK@0.1": 0.5, "PCK@0.2": 0.6}}
+    gain = bench.recovered_gain(rows)
+    assert gain["PCK@0.1"] == pytest.approx(0.75) and gain["PCK@0.2"] == pytest.approx(0.0)
+    rows["sup"]["PCK@0.2"] = 0.5  # the supervised model below the prior: no gain to recover
+    assert math.isnan(bench.recovered_gain(rows)["PCK@0.2"])
+
+
+def test_quick_run_writes_one_table(tiny_root, tmp_path, capsys):
+    bench = load_benchmark()
+    tiny = ["arch.d_model=32", "arch.nhead=2", "arch.dec_layers=1", "arch.dim_ff=32"]
+    out = bench.main(["--quick", "--data-root", str(tiny_root), "--runs-dir", str(tmp_path / "runs"),
+                      "--results-dir", str(tmp_path / "results"), "--threads", "1", "--set", *tiny])
+    assert set(out["rows"]) == {"prior", "cam", "baseline", "lofr", "sup"}
+    for row in out["rows"].values():
+        assert 0.0 <= row["PCK@0.1"] <= row["PCK@0.2"] <= 1.0 and row["px err"] >= 0
+        assert {"AP", "AP50", "AR", "face PCK@0.1", "arms PCK@0.1", "legs PCK@0.1"} <= set(row)
+    assert out["timing"]["lofr"]["steps"] == 2 and out["timing"]["lofr"]["images_per_s"] > 0
+    written = json.loads((tmp_path / "results" / "synth_claim.json").read_text())
+    assert written["command"].startswith("python benchmarks/synth_claim.py --quick")
+    assert {"commit", "machine", "wall_s", "recovered_gain"} <= set(written)
+    assert written["machine"]["cpu_count"] >= 1 and written["machine"]["torch"]
+    md = (tmp_path / "results" / "synth_claim.md").read_text()
+    for label in ("mean-pose prior", "CAM argmax", "Baseline", "LOFR", "supervised", "recovered gain"):
+        assert label in md
+    assert "| LOFR |" in capsys.readouterr().out
+    # --checkpoint-dir evaluates the runs just written, without training
+    again = bench.main(["--checkpoint-dir", str(tmp_path / "runs"), "--data-root", str(tiny_root), "--quick",
+                        "--results-dir", str(tmp_path / "again"), "--threads", "1", "--set", *tiny])
+    assert again["rows"]["lofr"] == pytest.approx(out["rows"]["lofr"], nan_ok=True)
+    assert "train_s" not in again["timing"]["lofr"]
