@@ -27,18 +27,12 @@ from lofr.data.topdown import TopDownDataset
 from lofr.eval import coco_keypoint_eval, crowdpose_eval, evaluate_keypoints, gt_records, oks
 from lofr.eval.nms import oks_nms, oks_nms_results, oks_pairwise
 
-from conftest import PERSON, draw_dots
+from conftest import PERSON, _kps, draw_dots
 
 HERE_W, HERE_H = 160, 120
 
 
 # ============================================================================ fixtures
-def _kps(points, v):
-    out = []
-    for (x, y), vi in zip(points, v):
-        out += [float(x), float(y), int(vi)] if vi else [0.0, 0.0, 0]
-    return out
-
 
 def _coco_ann(aid, image_id, pts, bbox, schema_c=17):
     v = [2] * schema_c
