@@ -53,6 +53,8 @@ def test_baseline_outputs_and_config():
     assert out["dec_attn"].shape[-1] == 192
     w = cfg.loss_weights()
     assert (w.cls_cnn, w.cls_enc, w.cls_final, w.div) == (0.0, 0.0, 0.5, 0.0)
+    # DETR's values (the memory), even when the LOFR config it is built from reads local values
+    assert Baseline(17, small(dec_value="local")).config.dec_value == "memory"
 
 
 # ---------------------------------------------------------------- gradients

@@ -138,10 +138,11 @@ class LOFRConfig:
 
     def as_baseline(self) -> "LOFRConfig":
         """The paper's baseline: CNN + DETR encoder/decoder, single scale, no CAM head / SPE /
-        RePPG / PDC, only the final BCE."""
+        RePPG / PDC, only the final BCE; the decoder reads the encoder's memory (DETR's values, whatever
+        ``dec_value`` the LOFR config chose)."""
         loss = replace(self.loss, cls_cnn=0.0, cls_enc=0.0, div=0.0)
         return replace(self, cam_head=False, enc_head=False, use_spe=False, multi_scale=False, use_reppg=False,
-                       use_pdc=False, loss=loss)
+                       use_pdc=False, dec_value="memory", loss=loss)
 
     def loss_weights(self) -> LossWeights:
         """``loss`` with the terms of switched-off modules zeroed (no CNN logits without the CAM
