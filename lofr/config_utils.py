@@ -121,7 +121,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(node.get(p), dict):
                 node[p] = {}
             node = node[p]
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        if isinstance(node.get(parts[-1]), str) and (value is None or isinstance(value, bool)):
+            value = raw.strip()  # YAML 1.1 reads off / no / null as bool / None; a string key keeps the text
+        node[parts[-1]] = value
     return out
 
 

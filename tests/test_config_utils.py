@@ -48,3 +48,12 @@ def test_bad_yaml_file_names_the_file(tmp_path):
     p.write_text("optim: [unclosed\n")
     with pytest.raises(ConfigError, match="c.yaml is not valid YAML"):
         load_yaml(p)
+
+
+def test_string_keys_keep_yaml_1_1_words_as_text():
+    # YAML 1.1 reads `off` as False: `amp=off` must still give the string "off"
+    d = apply_overrides({"amp": "auto", "flag": True}, ["amp=off", "flag=off"])
+    assert d == {"amp": "off", "flag": False}
+    from lofr.engine.config import load_config
+
+    assert load_config("synth-cpu", ["amp=off"]).amp == "off"
