@@ -15,12 +15,15 @@ Scripts in ``benchmarks/`` import this module by its bare name (``python benchma
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import os
 import platform
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -113,3 +116,159 @@ def write_results(out: dict, name: str, title: str, results_dir: str | Path = RE
     json_path.write_text(json.dumps(out, indent=1, default=float) + "\n")
     md_path.write_text(md)
     return json_path, md_path
+
+
+# ============================================================================== training tables
+# Shared by the accuracy tables (table4_semi_weak.py, table5_modules.py, table6_depths.py,
+# table7_response.py, time_to_accuracy.py): every row is a ``lofr.engine.trainer.train`` run of the
+# same config (+ the row's overrides), trained once per seed and evaluated on SynthPose val (ground-truth
+# boxes, the config's flip test), with synth_claim.py's command-line conventions.
+
+QUICK = ["optim.epochs=1", "max_steps=2", "optim.batch_size=8", "optim.warmup_steps=1", "data.workers=0",
+         "data.eval_batch_size=16"]  # synth_claim.py's smoke run: 2 steps per row, tiny batches
+METRICS = ("PCK@0.1", "PCK@0.2", "px err", "AP", "AR")  # what every table row records
+
+__all__ += ["QUICK", "METRICS", "training_parser", "base_overrides", "run_rows", "metrics_of", "mean_std",
+            "format_cell", "paired_gain", "train_seconds", "finish"]
+
+
+def training_parser(doc: str, runs_name: str) -> argparse.ArgumentParser:
+    """synth_claim.py's options for a script whose docstring is ``doc``: --config, --set, --seeds,
+    --checkpoint-dir, --runs-dir (default runs/<runs_name>), --results-dir, --data-root, --threads,
+    --quick."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--config", default="synth-cpu", help="config name or YAML path (default synth-cpu)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every row")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0],
+                   help="training seeds; each cell = mean and std over them (default: one seed, 0)")
+    p.add_argument("--checkpoint-dir", help="load <dir>/<row>/seed<k>/last.pt (or <dir>/<row>/last.pt, "
+                                            "synth_claim.py's layout) instead of training")
+    p.add_argument("--runs-dir", default=str(ROOT / "runs" / runs_name), help="where training writes "
+                                                                             "(<dir>/<row>/seed<k>)")
+    p.add_argument("--results-dir", default=str(RESULTS))
+    p.add_argument("--data-root", help="dataset root (default: the config's; SynthPose)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1; see synth_claim.py)")
+    p.add_argument("--quick", action="store_true", help="smoke run: 2 steps per row, tiny batches")
+    return p
+
+
+def base_overrides(args) -> list[str]:
+    """The overrides of every row: QUICK (with --quick), then --set (so --set wins), then --data-root."""
+    return (QUICK if args.quick else []) + list(args.set) \
+        + ([f"data.root={args.data_root}"] if args.data_root else [])
+
+
+def metrics_of(report) -> dict:
+    """An EvalReport -> {PCK@0.1, PCK@0.2, px err, AP, AR} (AP / AR: COCOeval's mAP / mAR)."""
+    s = report.summary()
+    return {"PCK@0.1": report.pck[0.1], "PCK@0.2": report.pck[0.2], "px err": report.px_error,
+            "AP": s.get("AP", float("nan")), "AR": s.get("AR", float("nan"))}
+
+
+def mean_std(values) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1; nan for a single value) of finite-or-nan floats."""
+    v = [float(x) for x in values]
+    if not v:
+        return float("nan"), float("nan")
+    m = sum(v) / len(v)
+    if len(v) < 2:
+        return m, float("nan")
+    return m, math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
+
+
+def format_cell(mean: float, std: float = float("nan"), digits: int = 3, sign: bool = False) -> str:
+    """"0.123" or "0.123 ± 0.004" (std nan = one seed); "—" for nan; ``sign``: "+0.012"."""
+    if mean is None or math.isnan(mean):
+        return "—"
+    s = f"{mean:+.{digits}f}" if sign else f"{mean:.{digits}f}"
+    return s if std is None or math.isnan(std) else f"{s} ± {std:.{digits}f}"
+
+
+def _run_dir(base: Path, key: str, seed: int, loading: bool) -> Path:
+    """<base>/<key>/seed<seed>; when loading, synth_claim.py's <base>/<key> if only that exists."""
+    d = Path(base) / key / f"seed{seed}"
+    if loading and not (d / "last.pt").exists() and (Path(base) / key / "last.pt").exists():
+        return Path(base) / key
+    return d
+
+
+def run_rows(rows: dict, args, common: list[str], per_model=None, log=print) -> dict:
+    """Train (or load, with ``args.checkpoint_dir``) and evaluate every row for every seed.
+
+    rows: {key: (label, overrides)}; the config is ``load_config(args.config, common + overrides +
+    ["seed=<k>"])``. per_model(key, seed, model, cfg, val_ds) -> dict: optional extra measurement
+    on each trained model (stored under "extra"). Returns {key: {"label", "overrides",
+    "per_seed": {seed: metrics}, "mean": {metric: mean}, "std": {metric: std}, "timing": {seed:
+    {train_s, steps, batch, images_per_s, eval_s}}, "extra": {seed: ...}}}.
+    """
+    from lofr.engine.config import load_config
+    from lofr.engine.runtime import pick_device
+    from lofr.engine.trainer import build_datasets, evaluate, load_model, train
+
+    out, val_ds = {}, None
+    for key, (label, extra) in rows.items():
+        row = {"label": label, "overrides": list(extra), "per_seed": {}, "timing": {}, "extra": {}}
+        for seed in args.seeds:
+            cfg = load_config(args.config, list(common) + list(extra) + [f"seed={seed}"])
+            timing = {}
+            if args.checkpoint_dir:
+                path = _run_dir(Path(args.checkpoint_dir), key, seed, loading=True) / "last.pt"
+                model, cfg = load_model(path, pick_device(cfg.device))
+            else:
+                t0 = time.perf_counter()
+                res = train(cfg, _run_dir(Path(args.runs_dir), key, seed, loading=False), overwrite=True,
+                            progress=False)
+                timing = {"train_s": round(time.perf_counter() - t0, 1), "steps": res["step"],
+                          "batch": cfg.optim.batch_size, "evals_in_training": len(res["history"])}
+                model, _ = load_model(res["last"], pick_device(cfg.device))  # evaluated where it trained
+            if val_ds is None:
+                _, val_ds = build_datasets(cfg, train=False)
+            t0 = time.perf_counter()
+            report = evaluate(model, val_ds, cfg.data.eval_batch_size, cfg.data.flip_test)
+            timing["eval_s"] = round(time.perf_counter() - t0, 1)
+            if "train_s" in timing:  # leave the evaluations inside train() out of the rate, as synth_claim
+                busy = timing["train_s"] - timing["evals_in_training"] * timing["eval_s"]
+                timing["images_per_s"] = round(timing["steps"] * timing["batch"] / max(busy, 1e-9), 1)
+            row["per_seed"][seed], row["timing"][seed] = metrics_of(report), timing
+            if per_model is not None:
+                row["extra"][seed] = per_model(key, seed, model, cfg, val_ds)
+            m = row["per_seed"][seed]
+            log(f"{label} (seed {seed}): PCK@0.1 {m['PCK@0.1']:.3f}  PCK@0.2 {m['PCK@0.2']:.3f}  "
+                f"px err {m['px err']:.1f}  AP {m['AP']:.3f}  {timing}", flush=True)
+        stats = {k: mean_std([m[k] for m in row["per_seed"].values()]) for k in METRICS}
+        row["mean"] = {k: v[0] for k, v in stats.items()}
+        row["std"] = {k: v[1] for k, v in stats.items()}
+        out[key] = row
+    return out
+
+
+def paired_gain(row: dict, base: dict, metric: str) -> tuple[float, float]:
+    """Mean and std over the seeds both rows have of (row - base) for ``metric``."""
+    seeds = [s for s in row["per_seed"] if s in base["per_seed"]]
+    return mean_std([row["per_seed"][s][metric] - base["per_seed"][s][metric] for s in seeds])
+
+
+def train_seconds(row: dict) -> str:
+    """The mean training time of a row's seeds, "" when it was loaded."""
+    t = [v["train_s"] for v in row["timing"].values() if "train_s" in v]
+    return f"{sum(t) / len(t):.0f}" if t else ""
+
+
+
+def finish(name: str, title: str, script: str, argv, args, t_start: float, table: str, notes: str = "",
+           trained: bool = True, **extra) -> dict:
+    """Assemble the result (command, commit, machine, wall time, config, seeds, table + ``extra``),
+    write ``<results_dir>/<name>.{json,md}`` and print the table; ``trained``: the md says how many
+    seeds the cells average. Returns the result."""
+    seeds = list(args.seeds)
+    seed_note = (f"One training seed ({seeds[0]}): no spread is shown; `--seeds 0 1 2` gives mean ± std "
+                 "(sample std over seeds)." if len(seeds) == 1 else
+                 f"Seeds {seeds}: every cell is the mean ± sample std over them.") if trained else ""
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the GPU's name too, where there is one
+    out = {"command": command_line(script, argv), "commit": git_commit(), "machine": machine_info(device),
+           "wall_s": round(time.perf_counter() - t_start, 1), "config": args.config, "seeds": seeds,
+           "quick": bool(args.quick), **extra, "table": table}
+    write_results(out, name, title, args.results_dir, notes=(notes.strip() + "\n\n" + seed_note).strip())
+    print(table)
+    print(f"wall time {out['wall_s']:.0f} s; written to {args.results_dir}/{name}.{{json,md}}")
+    return out

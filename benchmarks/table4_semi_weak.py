@@ -1,0 +1,120 @@
+"""Table 4 on SynthPose: few location labels — Sup-only vs LOFR weakly semi-supervised.
+
+For each labelled fraction f (default 5 / 10 / 25 / 100 %: round(f N) training instances keep their
+keypoint locations, drawn with the run's seed; the others only have image-level labels):
+
+    Sup-only  ``model=sup-only data.labelled_fraction=f loss.mse=1``: the backbone + a heatmap head,
+              trained with the heatmap MSE (Eq. 14) on the labelled instances only
+    LOFR-WS   ``model=lofr data.labelled_fraction=f loss.mse=1``: LOFR on every instance with Eq. 15,
+              L_semi-weak = L_mse^sup + L_weak (the MSE's weight is 1 in the paper: ``loss.mse``), the
+              weak terms keeping the config's weights (Eq. 13)
+
+f = 100 % is the fully supervised reference ("ALL"). Same config (``synth-cpu``), backbone and input for
+every row. Budget: LOFR-WS trains the config's epochs over all N instances; Sup-only sees only
+round(f N) of them, so by default (``--sup-budget steps``) it gets as many optimiser steps as LOFR-WS
+(its ``optim.epochs`` scaled up, ``max_steps`` = LOFR-WS's), the fair comparison for a small model;
+``--sup-budget epochs`` keeps the config's epochs (the paper's protocol, far fewer steps at 5 %).
+
+    python benchmarks/table4_semi_weak.py                        # 8 rows x 1 seed (~65 min, 2 cores)
+    python benchmarks/table4_semi_weak.py --seeds 0 1 2          # mean ± std over 3 seeds / labelled subsets
+    python benchmarks/table4_semi_weak.py --fractions 0.1 1.0
+    python benchmarks/table4_semi_weak.py --quick                # smoke run: 2 steps per row
+
+Runs go to ``--runs-dir/<sup|lofr>-<pct>/seed<k>``; writes ``benchmarks/results/table4_semi_weak.{json,md}``:
+one table per metric, methods x fractions, as the paper's.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import base_overrides, finish, format_cell, markdown_table, run_rows, training_parser  # noqa: E402
+
+FRACTIONS = (0.05, 0.10, 0.25, 1.0)
+METHODS = {"sup": ("Sup-only", ["model=sup-only", "loss.mse=1.0"]),
+           "lofr": ("LOFR-WS (Eq. 15)", ["model=lofr", "loss.mse=1.0"])}
+COLUMNS = ("PCK@0.1", "PCK@0.2", "px err", "AP")
+
+
+def pct(f: float) -> str:
+    return f"{100 * f:g}"
+
+
+def equal_steps(config: str, common: list[str], fraction: float) -> list[str]:
+    """Overrides that give Sup-only at ``fraction`` as many optimiser steps as LOFR-WS: epochs =
+    ceil(LOFR's steps / Sup-only's steps per epoch), max_steps = LOFR's steps."""
+    from lofr.engine.config import load_config
+    from lofr.engine.trainer import build_datasets
+
+    cfg = load_config(config, list(common) + ["model=lofr"])
+    train_ds, _ = build_datasets(cfg, val=False)
+    n, b = len(train_ds), cfg.optim.batch_size
+    steps = cfg.optim.epochs * (n // b)
+    steps = min(steps, cfg.max_steps) if cfg.max_steps else steps
+    per_epoch = int(round(fraction * n)) // b
+    if per_epoch == 0:  # let the trainer say why (batch larger than the labelled set)
+        return []
+    return [f"optim.epochs={max(1, math.ceil(steps / per_epoch))}", f"max_steps={steps}"]
+
+
+def build_rows(fractions, config: str, common: list[str], sup_budget: str) -> dict:
+    """{"<method>-<pct>": (label, overrides)} for every method and fraction."""
+    rows = {}
+    for method, (label, extra) in METHODS.items():
+        for f in fractions:
+            budget = equal_steps(config, common, f) if method == "sup" and sup_budget == "steps" else []
+            rows[f"{method}-{pct(f)}"] = (f"{label} {pct(f)} %", [*extra, f"data.labelled_fraction={f}", *budget])
+    return rows
+
+
+def format_table(rows: dict, fractions) -> str:
+    """One markdown table per metric: methods x fractions (100 % = "ALL")."""
+    heads = [f"{pct(f)} %" if f < 1 else "100 % (ALL)" for f in fractions]
+    parts = []
+    for c in COLUMNS:
+        lines = []
+        for method, (label, _) in METHODS.items():
+            cells = []
+            for f in fractions:
+                row = rows.get(f"{method}-{pct(f)}")
+                cells.append(format_cell(row["mean"][c], row["std"][c], 1 if c == "px err" else 3) if row else "")
+            lines.append([label, *cells])
+        parts.append(f"**{c}**\n\n" + markdown_table(["method", *heads], lines))
+    return "\n\n".join(parts)
+
+
+NOTES = """\
+Sup-only = `model=sup-only data.labelled_fraction=f loss.mse=1` (heatmap MSE on the labelled instances
+only); LOFR-WS = `model=lofr data.labelled_fraction=f loss.mse=1` (Eq. 15: L_mse^sup with weight 1 +
+the weak loss of Eq. 13 on every instance). The labelled subset is drawn with the run's seed.
+SynthPose val, ground-truth boxes, flip test; PCK of the box diagonal."""
+
+
+def main(argv=None) -> dict:
+    p = training_parser(__doc__, "table4_semi_weak")
+    p.add_argument("--fractions", nargs="+", type=float, default=list(FRACTIONS),
+                   help="labelled fractions (default 0.05 0.10 0.25 1.0)")
+    p.add_argument("--sup-budget", choices=("steps", "epochs"), default="steps",
+                   help="Sup-only: as many optimiser steps as LOFR-WS (default) or the config's epochs")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    common = base_overrides(args)
+    budget = "epochs" if args.checkpoint_dir else args.sup_budget  # loading: nothing to size
+    rows = run_rows(build_rows(args.fractions, args.config, common, budget), args, common)
+    budget_note = ("Sup-only budget: as many optimiser steps as LOFR-WS (its epochs scaled by 1/f)."
+                   if args.sup_budget == "steps" else "Sup-only budget: the config's epochs over its labelled "
+                                                      "instances (fewer steps than LOFR-WS).")
+    return finish("table4_semi_weak", "Table 4 on SynthPose: few location labels", "benchmarks/table4_semi_weak.py",
+                  argv, args, t_start, format_table(rows, args.fractions), NOTES + "\n" + budget_note,
+                  overrides=common, fractions=list(args.fractions), sup_budget=args.sup_budget, rows=rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Table 5 on SynthPose: what each LOFR module adds to the baseline.
+
+Every row trains the same config (``synth-cpu``: backbone, input, budget) with the switches below, and
+is evaluated on SynthPose val (ground-truth boxes, flip test): PCK@0.1 / 0.2 of the box diagonal, pixel
+error, OKS AP / AR, and the gain over the baseline row (paired by seed).
+
+    baseline       model=baseline: CNN + DETR encoder/decoder on the stride-4 map, final BCE only
+    +SPE, +MS, ... model=lofr with the baseline's settings and only the named modules switched on
+    all            every module on: the paper's LOFR (decoder values = the encoder's memory)
+    lofr-config    model=lofr with the config untouched (synth-cpu: ``arch.dec_value=local``, not the
+                   paper's) = synth_claim.py's "LOFR" row; not in the paper, it shows what that change does
+
+What a module row switches on (the baseline-like rows are ``model=lofr`` with ``arch.cam_head=false
+arch.enc_head=false arch.use_spe=false arch.multi_scale=false arch.use_reppg=false arch.use_pdc=false
+arch.dec_value=memory``, which builds exactly the Baseline's network and loss):
+
+    SPE    arch.use_spe + the CAM head it reads (arch.cam_head, trained with L_cls_cnn, Eq. 13's α)
+    MS     arch.multi_scale (strides 4 / 8 / 16, Eq. 5-9) + the encoder's classifier (arch.enc_head,
+           L_cls_en, α1): the MSC-En's own output branch
+    RePPG  arch.use_reppg + the CAM head whose prototypes F_c it reads (Eq. 2, 10; + L_cls_cnn)
+    PDC    arch.use_pdc: β L_div (Eq. 11) on the decoder's part features. It needs no other module,
+           so "+PDC alone" is the baseline's network trained with the final BCE + β L_div.
+
+    python benchmarks/table5_modules.py                     # 9 rows x 1 seed on synth-cpu (~80-95 min, 2 cores)
+    python benchmarks/table5_modules.py --seeds 0 1 2       # mean ± std over 3 seeds (3x)
+    python benchmarks/table5_modules.py --rows baseline +SPE all
+    python benchmarks/table5_modules.py --quick             # smoke run: 2 steps per row
+
+Runs go to ``--runs-dir/<row>/seed<k>``; writes ``benchmarks/results/table5_modules.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (base_overrides, finish, format_cell, markdown_table, paired_gain, run_rows,  # noqa: E402
+                    train_seconds, training_parser)
+
+BASE = ["model=lofr", "arch.cam_head=false", "arch.enc_head=false", "arch.use_spe=false", "arch.multi_scale=false",
+        "arch.use_reppg=false", "arch.use_pdc=false", "arch.dec_value=memory"]
+MODULES = {"SPE": ["arch.cam_head=true", "arch.use_spe=true"],
+           "MS": ["arch.multi_scale=true", "arch.enc_head=true"],
+           "RePPG": ["arch.cam_head=true", "arch.use_reppg=true"],
+           "PDC": ["arch.use_pdc=true"]}
+
+
+def with_modules(*names: str) -> list[str]:
+    """The overrides of the baseline-like LOFR with ``names`` switched on (later keys win)."""
+    return BASE + [o for n in names for o in MODULES[n]]
+
+
+ROWS = {  # key -> (label, overrides); the table's order
+    "baseline": ("Baseline", ["model=baseline"]),
+    "+SPE": ("+SPE", with_modules("SPE")),
+    "+MS": ("+MS", with_modules("MS")),
+    "+RePPG": ("+RePPG", with_modules("RePPG")),
+    "+PDC": ("+PDC", with_modules("PDC")),
+    "+SPE+MS": ("+SPE +MS", with_modules("SPE", "MS")),
+    "+RePPG+PDC": ("+RePPG +PDC", with_modules("RePPG", "PDC")),
+    "all": ("all (LOFR, paper)", with_modules("SPE", "MS", "RePPG", "PDC")),
+    "lofr-config": ("LOFR as configured", ["model=lofr"]),
+}
+COLUMNS = ("PCK@0.1", "PCK@0.2", "px err", "AP", "AR")
+GAINS = ("PCK@0.1", "AP")
+
+
+def format_table(rows: dict) -> str:
+    """Markdown: one line per row, the metrics, the gains over the baseline row and the training time."""
+    headers = ["model", "SPE", "MS", "RePPG", "PDC", *COLUMNS, *[f"Δ {g}" for g in GAINS], "train s"]
+    base = rows.get("baseline")
+    lines = []
+    for key, row in rows.items():
+        on = [("✓" if key in ("all", "lofr-config") or f"+{m}" in key else "") for m in MODULES]
+        cells = [format_cell(row["mean"][c], row["std"][c], 1 if c == "px err" else 3) for c in COLUMNS]
+        gains = [format_cell(*paired_gain(row, base, g), sign=True) if base is not None and key != "baseline"
+                 else "" for g in GAINS]
+        lines.append([row["label"], *on, *cells, *gains, train_seconds(row)])
+    return markdown_table(headers, lines)
+
+
+NOTES = """\
+Rows: `baseline` = `model=baseline`; the module rows are `model=lofr` with the baseline's settings
+(`arch.cam_head=false arch.enc_head=false`, every switch off, `arch.dec_value=memory`) and only the named
+modules on; SPE and RePPG bring the CAM head they read (and its L_cls_cnn), MS brings the encoder's
+classifier (L_cls_en); "+PDC alone" = the baseline's network + β L_div (Eq. 11). `all` = every module
+(the paper's LOFR); `LOFR as configured` = `model=lofr` with the config untouched (synth-cpu:
+`arch.dec_value=local`, not the paper's). Δ = row − baseline, paired by seed. SynthPose val,
+ground-truth boxes, flip test; PCK of the box diagonal."""
+
+
+def main(argv=None) -> dict:
+    p = training_parser(__doc__, "table5_modules")
+    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS), help="which rows (default all)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    common = base_overrides(args)
+    rows = run_rows({k: ROWS[k] for k in ROWS if k in args.rows}, args, common)
+    table = format_table(rows)
+    return finish("table5_modules", "Table 5 on SynthPose: the modules", "benchmarks/table5_modules.py", argv, args,
+                  t_start, table, NOTES, overrides=common, rows=rows)
+
+
+if __name__ == "__main__":
+    main()

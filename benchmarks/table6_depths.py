@@ -1,0 +1,75 @@
+"""Table 6 on SynthPose: LOFR's encoder / decoder depths (D_En, D_De).
+
+Every row is ``model=lofr`` with the config untouched (``synth-cpu``: the project's LOFR, as
+synth_claim.py trains it) but ``arch.enc_layers=D_En arch.dec_layers=D_De``; same backbone, input
+and budget. Evaluated on SynthPose val (ground-truth boxes, flip test): OKS AP / AR (the paper's
+mAP / mAR), PCK@0.1 / 0.2 of the box diagonal, pixel error, and the training time of each row.
+
+    python benchmarks/table6_depths.py              # CPU grid D_En {1, 2} x D_De {1, 2, 3}: 6 rows (~75 min)
+    python benchmarks/table6_depths.py --full       # the GPU grid {2, 3, 4, 6} x {2, 3, 4, 6}: 16 rows
+    python benchmarks/table6_depths.py --enc 1 --dec 2 4
+    python benchmarks/table6_depths.py --quick      # smoke run: 2 steps per row
+
+(synth-cpu's own depths are D_En 1, D_De 2; the paper's COCO choice is 4 / 6.) Runs go to
+``--runs-dir/en<a>-de<b>/seed<k>``; writes ``benchmarks/results/table6_depths.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (base_overrides, finish, format_cell, markdown_table, run_rows, train_seconds,  # noqa: E402
+                    training_parser)
+
+CPU_GRID = ((1, 2), (1, 2, 3))
+FULL_GRID = ((2, 3, 4, 6), (2, 3, 4, 6))
+COLUMNS = ("AP", "AR", "PCK@0.1", "PCK@0.2", "px err")
+
+
+def grid_rows(enc, dec) -> dict:
+    """{"en<a>-de<b>": (label, overrides)} for every (D_En, D_De) pair."""
+    return {f"en{a}-de{b}": (f"D_En {a}, D_De {b}", ["model=lofr", f"arch.enc_layers={a}", f"arch.dec_layers={b}"])
+            for a in enc for b in dec}
+
+
+def format_table(rows: dict) -> str:
+    headers = ["D_En", "D_De", *COLUMNS, "train s", "img/s"]
+    lines = []
+    for key, row in rows.items():
+        a, b = key[2:].split("-de")
+        rate = [t["images_per_s"] for t in row["timing"].values() if "images_per_s" in t]
+        lines.append([a, b, *[format_cell(row["mean"][c], row["std"][c], 1 if c == "px err" else 3) for c in COLUMNS],
+                      train_seconds(row), f"{sum(rate) / len(rate):.0f}" if rate else ""])
+    return markdown_table(headers, lines)
+
+
+NOTES = """\
+Every row: `model=lofr`, the config's other settings unchanged, `arch.enc_layers` = D_En (layers per
+scale of the multi-scale encoder), `arch.dec_layers` = D_De. SynthPose val, ground-truth boxes, flip test;
+PCK of the box diagonal. img/s = training images per second, evaluations left out."""
+
+
+def main(argv=None) -> dict:
+    p = training_parser(__doc__, "table6_depths")
+    p.add_argument("--full", action="store_true", help="the GPU grid {2,3,4,6} x {2,3,4,6}")
+    p.add_argument("--enc", nargs="+", type=int, help="D_En values (default: CPU grid 1 2)")
+    p.add_argument("--dec", nargs="+", type=int, help="D_De values (default: CPU grid 1 2 3)")
+    args = p.parse_args(argv)
+    enc, dec = FULL_GRID if args.full else CPU_GRID
+    enc, dec = args.enc or enc, args.dec or dec
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    common = base_overrides(args)
+    rows = run_rows(grid_rows(enc, dec), args, common)
+    return finish("table6_depths", "Table 6 on SynthPose: encoder / decoder depths", "benchmarks/table6_depths.py",
+                  argv, args, t_start, format_table(rows), NOTES, overrides=common, grid={"enc": list(enc),
+                                                                                          "dec": list(dec)}, rows=rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""benchmarks/table{4,5,6,7}_*.py and time_to_accuracy.py (issue 6's accuracy tables) with --quick on a
+tiny generated SynthPose: each trains its rows, prints one table with the expected rows / columns and
+writes its json / md (command, commit, machine, wall time); plus the helpers on hand cases."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["arch.d_model=32", "arch.nhead=2", "arch.dim_ff=32"]  # + the script's own rows' switches
+
+
+def load(name: str):
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # the scripts import ``common`` by its bare name
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    from lofr.data import synth
+
+    root = tmp_path_factory.mktemp("synth_tables")
+    synth.generate(root, n_train=16, n_val=6, seed=0, image_size=(96, 80), workers=1, progress=False)
+    return root
+
+
+def quick_args(tiny_root, tmp_path, *extra) -> list[str]:
+    return ["--quick", "--data-root", str(tiny_root), "--runs-dir", str(tmp_path / "runs"), "--results-dir",
+            str(tmp_path / "results"), "--threads", "1", *extra, "--set", *TINY]
+
+
+def check_written(tmp_path, name: str, labels) -> tuple[dict, str]:
+    """The json has the provenance fields and the md every label; returns both."""
+    written = json.loads((tmp_path / "results" / f"{name}.json").read_text())
+    assert written["command"].startswith(f"python benchmarks/{name}.py --quick")
+    assert {"commit", "machine", "wall_s", "table", "seeds"} <= set(written)
+    assert written["machine"]["cpu_count"] >= 1 and written["machine"]["torch"]
+    md = (tmp_path / "results" / f"{name}.md").read_text()
+    assert "One training seed (0)" in md
+    for label in labels:
+        assert label in md, label
+    return written, md
+
+
+def header(md: str) -> list[str]:
+    line = next(ln for ln in md.splitlines() if ln.startswith("| "))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def check_row(row: dict) -> None:
+    m = row["mean"]
+    assert 0.0 <= m["PCK@0.1"] <= m["PCK@0.2"] <= 1.0 and m["px err"] >= 0
+    assert set(row["per_seed"]) == {0} and math.isnan(row["std"]["PCK@0.1"])  # one seed: no spread
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def test_mean_std_and_cells():
+    common = load("common")
+    assert common.mean_std([1.0, 2.0, 3.0]) == pytest.approx((2.0, 1.0))  # sample std
+    m, s = common.mean_std([0.5])
+    assert m == 0.5 and math.isnan(s)
+    assert common.format_cell(0.1234) == "0.123" and common.format_cell(0.1234, 0.01) == "0.123 ± 0.010"
+    assert common.format_cell(0.02, sign=True) == "+0.020" and common.format_cell(math.nan) == "—"
+    row = {"per_seed": {0: {"AP": 0.5}, 1: {"AP": 0.7}, 2: {"AP": 0.9}}}
+    base = {"per_seed": {0: {"AP": 0.4}, 1: {"AP": 0.4}}}  # seed 2 missing: paired over seeds 0, 1
+    assert common.paired_gain(row, base, "AP") == pytest.approx((0.2, math.sqrt(0.02)))
+
+
+def test_table5_baseline_like_lofr_is_the_baseline():
+    """model=lofr with table5's BASE switches builds the Baseline's network and loss weights."""
+    import torch
+
+    from lofr.engine.config import load_config
+    from lofr.engine.trainer import build_model, loss_weights
+
+    t5 = load("table5_modules")
+    cfgs = [load_config("synth-cpu", ["model=baseline"]), load_config("synth-cpu", t5.BASE)]
+    models = []
+    for cfg in cfgs:
+        torch.manual_seed(0)
+        models.append(build_model(cfg))
+    a, b = (m.state_dict() for m in models)
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert loss_weights(cfgs[0], models[0]) == loss_weights(cfgs[1], models[1])
+    # every module row switches on what it claims
+    spe = load_config("synth-cpu", t5.ROWS["+SPE"][1]).arch
+    assert spe["use_spe"] and spe["cam_head"] and not spe["multi_scale"] and not spe["enc_head"]
+    pdc = load_config("synth-cpu", t5.ROWS["+PDC"][1]).arch
+    assert pdc["use_pdc"] and not pdc["cam_head"] and pdc["dec_value"] == "memory"
+    full = load_config("synth-cpu", t5.ROWS["all"][1]).arch
+    assert all(full[k] for k in ("use_spe", "multi_scale", "use_reppg", "use_pdc", "cam_head", "enc_head"))
+
+
+def test_time_curve_from_hand_made_records(tmp_path):
+    tta = load("time_to_accuracy")
+    recs = [{"epoch": 0, "step": 10, "time_s": 60.0, "val": {"AP": 0.0, "PCK@0.1": 0.2}, "prior": {"PCK@0.1": 0.3}},
+            {"epoch": 1, "step": 20, "time_s": 120.0, "val": {"AP": 0.1, "PCK@0.1": 0.4}, "prior": None},
+            {"epoch": 2, "step": 30, "time_s": 30.0, "val": {"AP": 0.1, "PCK@0.1": 0.35}}]  # resumed: clock at 0
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    c = tta.read_curve(tmp_path)
+    assert c["minutes"] == pytest.approx([1.0, 2.0, 2.5]) and c["step"] == [10, 20, 30]
+    assert c["PCK@0.1"] == [0.2, 0.4, 0.35] and c["prior PCK@0.1"][0] == 0.3 and math.isnan(c["prior AP"][1])
+    s = tta.best_and_final(c, "AP")
+    assert s == {"best": 0.1, "best_min": 2.0, "final": 0.1, "final_min": 2.5}  # first time the best was reached
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"epoch": 0, "step": 1, "val": {}}) + "\n")
+    with pytest.raises(ValueError, match="time_s"):
+        tta.read_curve(tmp_path)
+
+
+# ------------------------------------------------------------------------------------ quick runs
+def test_table5_quick(tiny_root, tmp_path, capsys):
+    t5 = load("table5_modules")
+    out = t5.main(quick_args(tiny_root, tmp_path))
+    assert list(out["rows"]) == list(t5.ROWS)
+    for row in out["rows"].values():
+        check_row(row)
+    assert out["rows"]["+SPE"]["timing"][0]["steps"] == 2
+    _, md = check_written(tmp_path, "table5_modules", [r[0] for r in t5.ROWS.values()])
+    assert header(md) == ["model", "SPE", "MS", "RePPG", "PDC", "PCK@0.1", "PCK@0.2", "px err", "AP", "AR",
+                          "Δ PCK@0.1", "Δ AP", "train s"]
+    assert "| all (LOFR, paper) | ✓ | ✓ | ✓ | ✓ |" in md and "| +PDC |  |  |  | ✓ |" in md
+    assert "| Baseline |" in capsys.readouterr().out
+    # --checkpoint-dir evaluates the runs just written, without training
+    again = t5.main(["--checkpoint-dir", str(tmp_path / "runs"), *quick_args(tiny_root, tmp_path / "again"),
+                     "--rows", "baseline", "+PDC"])
+    assert list(again["rows"]) == ["baseline", "+PDC"]
+    assert again["rows"]["+PDC"]["mean"] == pytest.approx(out["rows"]["+PDC"]["mean"], nan_ok=True)
+    assert "train_s" not in again["rows"]["+PDC"]["timing"][0]
+
+
+def test_table6_quick(tiny_root, tmp_path):
+    t6 = load("table6_depths")
+    out = t6.main(quick_args(tiny_root, tmp_path))
+    assert list(out["rows"]) == [f"en{a}-de{b}" for a in (1, 2) for b in (1, 2, 3)]
+    assert out["grid"] == {"enc": [1, 2], "dec": [1, 2, 3]}
+    for row in out["rows"].values():
+        check_row(row)
+    _, md = check_written(tmp_path, "table6_depths", ["| 2 | 3 |"])
+    assert header(md) == ["D_En", "D_De", "AP", "AR", "PCK@0.1", "PCK@0.2", "px err", "train s", "img/s"]
+    assert list(t6.grid_rows(*t6.FULL_GRID))[-1] == "en6-de6" and len(t6.grid_rows(*t6.FULL_GRID)) == 16
+
+
+def test_table4_quick(tiny_root, tmp_path):
+    t4 = load("table4_semi_weak")
+    # the tiny set has 21 training instances: 50 % = 10 labelled, enough for one batch of 8
+    out = t4.main(quick_args(tiny_root, tmp_path, "--fractions", "0.5", "1.0"))
+    assert list(out["rows"]) == ["sup-50", "sup-100", "lofr-50", "lofr-100"]
+    for row in out["rows"].values():
+        check_row(row)
+    sup = out["rows"]["sup-50"]
+    assert "data.labelled_fraction=0.5" in sup["overrides"] and "loss.mse=1.0" in sup["overrides"]
+    assert sup["timing"][0]["steps"] == out["rows"]["lofr-50"]["timing"][0]["steps"] == 2  # equal steps
+    _, md = check_written(tmp_path, "table4_semi_weak", ["Sup-only", "LOFR-WS (Eq. 15)", "**PCK@0.1**", "**AP**"])
+    assert header(md) == ["method", "50 %", "100 % (ALL)"]
+    assert t4.pct(0.05) == "5" and t4.pct(1.0) == "100"
+    # the equal-steps budget by hand: 21 instances, batch 4 -> LOFR 10 epochs x 5 = 50 steps; Sup-only at 50 %
+    # has round(10.5) = 10 instances, 2 steps per epoch -> 25 epochs, stopped at step 50
+    assert t4.equal_steps("synth-cpu", [f"data.root={tiny_root}", "optim.batch_size=4"], 0.5) == \
+        ["optim.epochs=25", "max_steps=50"]
+
+
+def test_table7_quick(tiny_root, tmp_path):
+    t7 = load("table7_response")
+    out = t7.main(quick_args(tiny_root, tmp_path))
+    assert list(out["rows"]) == ["baseline", "lofr"]
+    for row in out["rows"].values():
+        check_row(row)
+        r = row["extra"][0]
+        assert len(r["per_joint"]) == 17 and 0.0 <= r["mean"] <= 1.0 and 0.0 < r["map_mean_all"] <= 1.0
+    _, md = check_written(tmp_path, "table7_response", ["left_wrist", "mean (all present joints)"])
+    assert header(md) == ["joint", "Baseline at joint", "Baseline map mean", "LOFR at joint", "LOFR map mean",
+                          "crops"]
+    assert sum(1 for ln in md.splitlines() if ln.startswith("| ")) == 1 + 17 + 1
+    # synth_claim.py's layout (<dir>/<model>/last.pt) is read by --checkpoint-dir as well
+    import shutil
+
+    for key in ("baseline", "lofr"):
+        (tmp_path / "claim" / key).mkdir(parents=True)
+        shutil.copy(tmp_path / "runs" / key / "seed0" / "last.pt", tmp_path / "claim" / key / "last.pt")
+    again = t7.main(["--checkpoint-dir", str(tmp_path / "claim"), *quick_args(tiny_root, tmp_path / "again")])
+    for field in ("per_joint", "map_mean", "count"):
+        assert again["rows"]["lofr"]["extra"][0][field] == pytest.approx(out["rows"]["lofr"]["extra"][0][field],
+                                                                          nan_ok=True)
+
+
+def test_time_to_accuracy_quick(tiny_root, tmp_path):
+    tta = load("time_to_accuracy")
+    # 3 epochs of 2 steps (21 instances, batch 8), one evaluation per epoch
+    out = tta.main(quick_args(tiny_root, tmp_path, "--train") + ["max_steps=0", "optim.epochs=3"])
+    assert set(out["curves"]) == {"LOFR", "Baseline"}
+    for c in out["curves"].values():
+        assert c["epoch"] == [0, 1, 2] and c["minutes"] == sorted(c["minutes"]) and len(c["AP"]) == 3
+    assert (tmp_path / "results" / "time_to_accuracy.png").stat().st_size > 1000
+    _, md = check_written(tmp_path, "time_to_accuracy", ["| LOFR | 3 |", "time_to_accuracy.png"])
+    # --runs reads the same folders without training
+    again = tta.main(["--runs", str(tmp_path / "runs" / "lofr" / "seed0"), "--results-dir", str(tmp_path / "r2")])
+    assert list(again["curves"]) == ["LOFR seed0"] and again["curves"]["LOFR seed0"] == out["curves"]["LOFR"]
+    assert "training seed" not in (tmp_path / "r2" / "time_to_accuracy.md").read_text()  # nothing trained here
