@@ -35,7 +35,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def _cmd_quickstart(args: argparse.Namespace) -> int:
     from lofr.quickstart import quickstart
 
-    quickstart(root=args.data, progress=not args.quiet)
+    quickstart(root=args.data, progress=not args.quiet, train=not args.no_train, overrides=args.set,
+               runs_dir=args.out)
     return 0
 
 
@@ -129,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quickstart", help="the main job on the embedded SynthPose default")
     q.add_argument("--data", default=None, help="SynthPose root (default: generated into data/synthpose)")
     q.add_argument("--quiet", action="store_true")
+    q.add_argument("--no-train", action="store_true", help="stop after the reference predictors")
+    q.add_argument("--out", default="runs/quickstart", help="where the two runs go (default runs/quickstart)")
+    q.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of the synth-cpu config")
     q.set_defaults(func=_cmd_quickstart)
 
     t = sub.add_parser("train", help="train LOFR / the baseline / Sup-only (torchrun for several GPUs)",

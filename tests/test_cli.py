@@ -20,13 +20,27 @@ def test_lofr_synth_writes_coco_layout_and_prints_presence(tmp_path, capsys):
 
 
 def test_quickstart_evaluates_ground_truth_and_prior_through_the_real_evaluator(tmp_path, capsys):
-    reports = quickstart(tmp_path / "sp", n_train=30, n_val=10, progress=False)
+    reports = quickstart(tmp_path / "sp", n_train=30, n_val=10, progress=False, train=False)
     gt, prior = reports["ground truth (crop and back)"], reports["mean-pose prior"]
     g, p = gt.summary(), prior.summary()
     assert g["AP"] == pytest.approx(1.0) and g["PCK@0.1"] == 1.0 and g["px err"] < 1e-3
     assert p["PCK@0.2"] < 0.9 and p["px err"] > 3.0
     out = capsys.readouterr().out
     assert "mean-pose prior" in out and "Image-level labels" in out
+
+
+def test_quickstart_trains_lofr_and_the_baseline_and_prints_one_table(tmp_path, capsys):
+    tiny = ["optim.epochs=1", "max_steps=2", "optim.batch_size=4", "optim.warmup_steps=1", "data.workers=0",
+            "data.eval_batch_size=8", "eval_every=0"]
+    out = quickstart(tmp_path / "sp", n_train=12, n_val=4, progress=False, overrides=tiny,
+                     runs_dir=tmp_path / "runs")
+    for label in ("LOFR", "Baseline", "LOFR CAM arg-max", "mean-pose prior"):
+        assert 0.0 <= out[label].summary()["PCK@0.2"] <= 1.0
+    assert out["timing"]["LOFR"]["steps"] == 2 and out["timing"]["Baseline"]["steps"] == 2
+    assert (tmp_path / "runs" / "lofr" / "last.pt").is_file() and (tmp_path / "runs" / "baseline" / "last.pt").is_file()
+    table = capsys.readouterr().out.split("trained on image-level labels only:")[1]
+    for label in ("LOFR", "Baseline", "LOFR CAM arg-max", "mean-pose prior", "PCK@0.2", "px err", "AP"):
+        assert label in table
 
 
 def test_cli_entry_point_is_installed():
