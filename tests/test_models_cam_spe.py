@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from lofr.models.cam import CAMHead, class_activation_maps, keypoint_vectors
+from lofr.models.cam import CAMHead, class_activation_maps, keypoint_vectors, lse_pool
 from lofr.models.position import LearnedPositionEncoding, SinePositionEncoding
 from lofr.models.spe import SPE, cam_peaks, keypoint_location_maps, render_location_maps
 
@@ -30,6 +30,33 @@ def test_cam_is_the_logit_map():
 
 
 # ---------------------------------------------------------------- Eq. 2: keypoint vectors
+
+
+def test_lse_pool_hand_computed_and_limits():
+    # one map [0, ln 3] (N = 2), r = 1: log((e^0 + e^ln3) / 2) = log 2
+    m = torch.tensor([[[[0.0, math.log(3.0)]]]])
+    assert torch.allclose(lse_pool(m, 1.0), torch.tensor([[math.log(2.0)]]))
+    x = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert torch.allclose(lse_pool(x, 1e-4), x.mean(dim=(2, 3)), atol=1e-3)  # r -> 0: GAP
+    assert torch.allclose(lse_pool(x, 1e4), x.amax(dim=(2, 3)), atol=1e-3)  # r -> inf: max
+
+
+def test_cam_head_lse_logits_are_the_smooth_max_of_the_cam_scores():
+    torch.manual_seed(0)
+    head = CAMHead(8, 3, 4, pool="lse", lse_r=2.0)
+    x = torch.randn(2, 8, 4, 3)
+    out = head(x)
+    scores = torch.einsum("ck,bkhw->bchw", head.fc.weight, out["x_prime"])  # Eq. 1 before its ReLU
+    expected = torch.log(torch.exp(2.0 * scores).mean(dim=(2, 3))) / 2.0 + head.fc.bias
+    assert torch.allclose(out["logits"], expected, atol=1e-5)
+    assert torch.allclose(out["cams"], scores.relu())
+    gap = CAMHead(8, 3, 4)  # the paper's GAP + FC
+    gap.load_state_dict(head.state_dict())
+    assert torch.allclose(gap(x)["logits"], gap.fc(out["x_prime"].mean(dim=(2, 3))))
+    with pytest.raises(ValueError, match="pool"):
+        CAMHead(8, 3, 4, pool="max")
+    with pytest.raises(ValueError, match="lse_r"):
+        CAMHead(8, 3, 4, pool="lse", lse_r=0.0)
 
 
 def test_eq2_softmax_weighting_hand_computed():

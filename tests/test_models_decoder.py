@@ -198,3 +198,20 @@ def test_decoder_bad_inputs_raise():
         dec(torch.randn(1, 3, 8), memory, None, None)
     with pytest.raises(ValueError, match="divisible"):
         PoseDecoder(10, 4, 1, 16)
+
+
+def test_part_logits_are_attention_pooled_position_scores():
+    # logits_from="part": logit_c = sum_l a_cl <w_c, v_l> + b_c for every layer (attention MIL pooling)
+    torch.manual_seed(0)
+    b, c, d, shapes = 2, 3, 8, [(2, 3), (1, 2)]
+    dec = PoseDecoder(d, 2, 2, 16, num_keypoints=c, logits_from="part")
+    q, mem, val = torch.randn(b, c, d), torch.randn(b, 8, d), torch.randn(b, 8, d)
+    out = dec(q, mem, None, shapes, value=val)
+    w, bias = dec.classifier.weight, dec.classifier.bias  # (C, d), (C,)
+    scores = torch.einsum("cd,bld->bcl", w, val)  # <w_c, v_l>, (B, C, L)
+    for k in range(2):
+        by_hand = (out["attn"][k] * scores).sum(-1) + bias
+        assert torch.allclose(out["logits_per_layer"][k], by_hand, atol=1e-5)
+    assert torch.allclose(out["logits"], out["logits_per_layer"][-1])
+    with pytest.raises(ValueError, match="logits_from"):
+        PoseDecoder(d, 2, 1, 16, logits_from="memory")

@@ -359,3 +359,24 @@ def test_frozen_bn_keeps_running_statistics(tiny_synth, tmp_path):
     means = [v for k, v in state.items() if k.endswith("running_mean")]
     assert means and all(not m.any() for m in means)
     assert all(v.item() == 0 for k, v in state.items() if k.endswith("num_batches_tracked"))
+
+
+def test_plain_cam_model_trains_evaluates_and_reloads(tiny_synth, tmp_path):
+    """model=cam: LOFR's CNN branch alone (backbone to cam_stride + CAM head, LSE pooling here)."""
+    from lofr.models.lofr import PlainCAM
+
+    cfg = tiny_cfg(tiny_synth, "model=cam", "arch.cam_stride=8", "arch.cam_pool=lse", "max_steps=2")
+    result = train(cfg, tmp_path / "cam", progress=False)
+    model, _ = load_model(result["last"])
+    assert isinstance(model, PlainCAM) and model.backbone.strides == (8,)
+    assert not any("decoder" in n or "encoder" in n for n, _ in model.named_parameters())
+    w = loss_weights(cfg, model)
+    assert (w.cls_cnn, w.cls_enc, w.cls_final, w.div, w.mse) == (1.0, 0.0, 0.0, 0.0, 0.0)
+    _, val = build_datasets(cfg, train=False)
+    out = model(torch.utils.data.default_collate([val[0]])["image"])
+    assert out["cams"].shape[-2:] == (cfg.data.input_size[0] // 8, cfg.data.input_size[1] // 8)
+    assert torch.allclose(out["response_fused"].sum(dim=(-2, -1)), torch.ones(1, 17), atol=1e-5)
+    # the response path and the CAM path are the same maps for this model
+    a = evaluate(model, val, batch_size=16, flip_test=True).summary()
+    b = evaluate(model, val, batch_size=16, flip_test=True, source="cam").summary()
+    assert a["PCK@0.2"] == b["PCK@0.2"] and a["px err"] == pytest.approx(b["px err"])

@@ -115,8 +115,10 @@ class TrainConfig:
     """One training run.
 
     model: "lofr" (the paper's model), "baseline" (CNN + DETR encoder/decoder, final BCE only:
-        ``lofr.models.Baseline``) or "sup-only" (the backbone + a heatmap head trained with the
-        heatmap MSE on the labelled instances only: Table 4's "Sup-only", ``trainer.SupOnly``).
+        ``lofr.models.Baseline``), "cam" (LOFR's CNN branch alone, backbone + CAM head, image-level
+        BCE only, keypoints = CAM arg-max: ``lofr.models.PlainCAM``) or "sup-only" (the backbone + a
+        heatmap head trained with the heatmap MSE on the labelled instances only: Table 4's
+        "Sup-only", ``trainer.SupOnly``).
     arch: fields of ``lofr.models.LOFRConfig`` (backbone, d_model, enc_layers, ...; not
         num_keypoints / schema / input_size / loss, which come from ``data`` and ``loss``).
         "sup-only" reads only ``backbone`` and ``pretrained``.
@@ -137,7 +139,7 @@ class TrainConfig:
     """
 
     name: str = "run"
-    model: Literal["lofr", "baseline", "sup-only"] = "lofr"
+    model: Literal["lofr", "baseline", "cam", "sup-only"] = "lofr"
     arch: dict[str, Any] = field(default_factory=dict)
     loss: LossWeights = field(default_factory=LossWeights)
     data: DataConfig = field(default_factory=DataConfig)

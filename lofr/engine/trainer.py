@@ -59,7 +59,7 @@ from lofr.engine.runtime import autocast, init_distributed, pick_device, rng_sta
 from lofr.eval import (evaluate_keypoints, mean_pose_records, predictions_to_coco_results, write_results)
 from lofr.eval.report import EvalReport
 from lofr.models.backbone import Backbone
-from lofr.models.lofr import LOFR, Baseline, decode_response_maps, normalise_cams
+from lofr.models.lofr import LOFR, Baseline, PlainCAM, decode_response_maps, normalise_cams
 from lofr.models.losses import LOFRCriterion, LossWeights
 
 __all__ = ["train", "evaluate", "predict_records", "records_to_results", "build_model", "build_datasets",
@@ -118,9 +118,11 @@ def build_model(cfg: TrainConfig, num_keypoints: int | None = None) -> nn.Module
         return LOFR(config=lcfg)
     if cfg.model == "baseline":
         return Baseline(config=lcfg)
+    if cfg.model == "cam":
+        return PlainCAM(config=lcfg)
     if cfg.model == "sup-only":
         return SupOnly(lcfg.num_keypoints, lcfg.backbone, lcfg.pretrained, schema=lcfg.schema)
-    raise ConfigError(f"model must be 'lofr', 'baseline' or 'sup-only', got {cfg.model!r}")
+    raise ConfigError(f"model must be 'lofr', 'baseline', 'cam' or 'sup-only', got {cfg.model!r}")
 
 
 def loss_weights(cfg: TrainConfig, model: nn.Module) -> LossWeights:

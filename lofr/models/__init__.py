@@ -9,7 +9,7 @@ from lofr.models.backbone import Backbone, SmallCNN
 from lofr.models.cam import CAMHead
 from lofr.models.decoder import PoseDecoder
 from lofr.models.encoder import MultiHeadAttention, MultiScaleEncoder, TransformerEncoder
-from lofr.models.lofr import LOFR, Baseline, LOFRConfig, decode_response_maps
+from lofr.models.lofr import LOFR, Baseline, LOFRConfig, PlainCAM, decode_response_maps
 from lofr.models.losses import LOFRCriterion, LossWeights
 from lofr.models.position import LearnedPositionEncoding, SinePositionEncoding
 from lofr.models.reppg import RePPG
@@ -18,5 +18,5 @@ from lofr.models.spe import SPE
 __all__ = [
     "Backbone", "SmallCNN", "CAMHead", "SinePositionEncoding", "LearnedPositionEncoding", "SPE",
     "MultiHeadAttention", "TransformerEncoder", "MultiScaleEncoder", "RePPG", "PoseDecoder",
-    "LOFRCriterion", "LossWeights", "LOFR", "LOFRConfig", "Baseline", "decode_response_maps",
+    "LOFRCriterion", "LossWeights", "LOFR", "LOFRConfig", "Baseline", "PlainCAM", "decode_response_maps",
 ]

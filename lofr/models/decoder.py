@@ -160,6 +160,9 @@ def fuse_response_maps(maps: list[torch.Tensor], size: tuple[int, int] | None = 
     return torch.stack(fused).mean(dim=0)  # (B, C, H, W)
 
 
+LOGITS_FROM = ("query", "part")
+
+
 class PoseDecoder(nn.Module):
     """The relation-guided pose decoder (RGP-De) — also the DETR decoder of the baseline.
 
@@ -168,6 +171,12 @@ class PoseDecoder(nn.Module):
         self_attn: add query self-attention before the cross-attention in each layer (DETR does).
         num_keypoints: per-keypoint classifier weights if given, else one shared linear head
             (see :class:`KeypointClassifier`).
+        logits_from: what the presence classifier reads. "query" (DETR, the paper's Fig. 3): each
+            layer's output query. "part" (our option): each layer's part feature, the attention-
+            weighted average of the values, so logit_c = sum_l a_cl <w_c, v_l> + b_c — attention
+            pooling of per-position scores (multiple-instance learning): a joint can only be called
+            present where the query attends. With "query" the query state may carry the presence
+            (its prototype F_c already does) and the attention is free to stay flat.
 
     forward(queries (B, C, d), memory (B, L, d), memory_pos (B, L, d) | None,
             spatial_shapes [(h_s, w_s), ...] with sum h_s*w_s = L, query_pos (B, C, d) | None,
@@ -182,8 +191,11 @@ class PoseDecoder(nn.Module):
     """
 
     def __init__(self, d_model: int, nhead: int, num_layers: int, dim_ff: int, dropout: float = 0.0,
-                 self_attn: bool = True, num_keypoints: int | None = None):
+                 self_attn: bool = True, num_keypoints: int | None = None, logits_from: str = "query"):
         super().__init__()
+        if logits_from not in LOGITS_FROM:
+            raise ValueError(f"PoseDecoder: logits_from must be one of {LOGITS_FROM}, got {logits_from!r}")
+        self.logits_from = logits_from
         if num_layers < 1:
             raise ValueError(f"PoseDecoder needs num_layers >= 1, got {num_layers}")
         self.layers = nn.ModuleList(DecoderLayer(d_model, nhead, dim_ff, dropout, self_attn)
@@ -207,7 +219,10 @@ class PoseDecoder(nn.Module):
             attn.append(a)
         hs, attn = torch.stack(hs), torch.stack(attn)  # (D_De, B, C, d), (D_De, B, C, L)
         maps = split_scales(attn[-1], spatial_shapes)  # [(B, C, h_s, w_s)]
-        logits_per_layer = self.classifier(hs)  # (D_De, B, C)
+        if self.logits_from == "query":
+            logits_per_layer = self.classifier(hs)  # (D_De, B, C)
+        else:  # each layer's attention-weighted average of the values: sum_l a_cl <w_c, v_l> + b_c
+            logits_per_layer = self.classifier(attn @ value[None])  # (D_De, B, C, L) @ (1, B, L, d) -> (D_De, B, C)
         return {
             "hs": hs,
             "attn": attn,

@@ -58,7 +58,7 @@ from lofr.models.position import LearnedPositionEncoding, SinePositionEncoding
 from lofr.models.reppg import RePPG
 from lofr.models.spe import SPE, keypoint_location_maps
 
-__all__ = ["LOFRConfig", "LOFR", "Baseline", "decode_response_maps", "normalise_cams"]
+__all__ = ["LOFRConfig", "LOFR", "Baseline", "PlainCAM", "decode_response_maps", "normalise_cams"]
 
 _SCHEMA_BY_C = {17: "coco", 16: "mpii", 14: "crowdpose"}
 
@@ -109,6 +109,9 @@ class LOFRConfig:
     dec_self_attn: bool = True
     dec_value: Literal["memory", "local"] = "memory"  # what the decoder's cross-attention reads
     cam_stride: int = 16  # the backbone map the CAM head reads (4, 8 or 16)
+    dec_logits: Literal["query", "part"] = "query"  # what the decoder's classifier reads (decoder.py)
+    cam_pool: Literal["gap", "lse"] = "gap"  # the CAM head's pooling (the paper: GAP; see cam.py)
+    cam_lse_r: float = 5.0  # its sharpness with cam_pool="lse"
     loss: LossWeights = field(default_factory=LossWeights)
 
     @classmethod
@@ -161,6 +164,8 @@ class LOFRConfig:
             raise ValueError("LOFRConfig: use_spe and use_reppg need the CAM head (cam_head=True)")
         if self.dec_value not in ("memory", "local"):
             raise ValueError(f"LOFRConfig: dec_value must be 'memory' or 'local', got {self.dec_value!r}")
+        if self.cam_pool not in ("gap", "lse"):
+            raise ValueError(f"LOFRConfig: cam_pool must be 'gap' or 'lse', got {self.cam_pool!r}")
         if self.d_model % self.nhead:
             raise ValueError(f"LOFRConfig: d_model {self.d_model} not divisible by nhead {self.nhead}")
         if self.cam_stride not in BACKBONE_STRIDES:
@@ -266,7 +271,8 @@ class LOFR(nn.Module):
         channels = dict(zip(self.backbone.strides, self.backbone.channels))
         self.input_proj = nn.ModuleList(
             nn.Sequential(nn.Conv2d(channels[s], d, 1), nn.GroupNorm(math.gcd(32, d), d)) for s in self.strides)
-        self.cam_head = CAMHead(channels[self.cam_stride], c, d, cfg.proto_weighting) if cfg.cam_head else None
+        self.cam_head = CAMHead(channels[self.cam_stride], c, d, cfg.proto_weighting,
+                                cfg.cam_pool, cfg.cam_lse_r) if cfg.cam_head else None
 
         if cfg.position == "sine":
             self.pos_embed = SinePositionEncoding(d)
@@ -282,7 +288,7 @@ class LOFR(nn.Module):
         self.reppg = RePPG(self.schema, d, cfg.reppg_layers) if cfg.use_reppg else None
         self.query_embed = nn.Parameter(torch.randn(c, d) * 0.02)  # DETR's query_pos
         self.decoder = PoseDecoder(d, cfg.nhead, cfg.dec_layers, cfg.dim_ff, cfg.dropout,
-                                   self_attn=cfg.dec_self_attn, num_keypoints=c)
+                                   self_attn=cfg.dec_self_attn, num_keypoints=c, logits_from=cfg.dec_logits)
 
     def forward(self, images: torch.Tensor, query_point: tuple[float, float] | None = None) -> dict:
         cfg = self.config
@@ -387,3 +393,49 @@ class Baseline(LOFR):
     def __init__(self, num_keypoints: int | None = None, config: LOFRConfig | None = None, schema=None):
         cfg = LOFRConfig.coco_r50() if config is None else config
         super().__init__(num_keypoints, cfg.as_baseline(), schema)
+
+
+class PlainCAM(nn.Module):
+    """The CNN branch of LOFR on its own (Sec. 3.2, Eq. 1): the backbone up to ``config.cam_stride``
+    + the CAM head (pooling ``config.cam_pool``), trained with the image-level BCE only; keypoint c =
+    the arg-max of its CAM M_c. The "plain CAM" reference of issue 4's table, at the CNN's speed (no
+    transformer). Same ``predict`` / output keys as LOFR where they apply:
+
+    forward(images (B, 3, H, W)) -> dict(logits_cnn = logits (B, C), cams (B, C, h, w) (Eq. 1),
+        response_fused (B, C, h, w) = the CAMs normalised to sum to 1, protos (B, C, d) (Eq. 2)).
+    """
+
+    def __init__(self, num_keypoints: int | None = None, config: LOFRConfig | None = None, schema=None):
+        super().__init__()
+        cfg = LOFRConfig.coco_r50() if config is None else config
+        if num_keypoints is not None and num_keypoints != cfg.num_keypoints:
+            cfg = replace(cfg, num_keypoints=num_keypoints)
+        cfg = replace(cfg, loss=LossWeights(cls_cnn=1.0, cls_enc=0.0, cls_final=0.0, div=0.0, aux_dec=0.0,
+                                            mse=0.0))
+        cfg.check()
+        self.config = cfg
+        self.num_keypoints = cfg.num_keypoints
+        self.schema = _resolve_schema(cfg.num_keypoints, schema if schema is not None else cfg.schema)
+        self.cam_stride = cfg.cam_stride
+        self.strides = [cfg.cam_stride]
+        self.backbone = Backbone(cfg.backbone, cfg.pretrained, strides=(cfg.cam_stride,))
+        self.cam_head = CAMHead(self.backbone.channels[0], cfg.num_keypoints, cfg.d_model, cfg.proto_weighting,
+                                cfg.cam_pool, cfg.cam_lse_r)
+
+    def forward(self, images: torch.Tensor) -> dict:
+        cam = self.cam_head(self.backbone(images)[0])
+        return {"logits_cnn": cam["logits"], "logits": cam["logits"], "cams": cam["cams"],
+                "response_fused": normalise_cams(cam["cams"]), "protos": cam["protos"]}
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, refine: bool = True) -> dict:
+        """As :meth:`LOFR.predict_cam`: keypoints (B, C, 2) in input pixels, scores, probs."""
+        out = self(images)
+        keypoints, concentration = decode_response_maps(out["response_fused"], self.cam_stride, refine)
+        probs = out["logits"].sigmoid()
+        return {"keypoints": keypoints, "scores": probs * concentration, "probs": probs, "outputs": out}
+
+    def param_groups(self, lr: float, transformer_lr_factor: float = 0.1, weight_decay: float = 1e-4):
+        """All parameters are the CNN's: one group at ``lr`` (and an empty transformer group)."""
+        return [{"params": list(self.parameters()), "lr": lr, "weight_decay": weight_decay},
+                {"params": [], "lr": lr * transformer_lr_factor, "weight_decay": weight_decay}]
