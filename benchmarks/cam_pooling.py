@@ -1,0 +1,91 @@
+"""The plain-CAM reference on SynthPose: which receptive field and pooling let a CNN localise from
+image-level labels (issue 4's "pooling / receptive field" levers, measured with LOFR's own CNN branch).
+
+Every row trains ``model=cam`` (``lofr.models.PlainCAM``: the ``synth-cpu`` backbone up to
+``arch.cam_stride`` + the CAM head of Eq. 1, image-level BCE only, no transformer) with the same
+budget, and reads keypoint c off the arg-max of its CAM M_c (SynthPose val, ground-truth boxes, flip
+test; PCK of the box diagonal). The small CNN's receptive field is 79 px at stride 16 and 31 px at
+stride 8 (64x48 crops).
+
+    gap-s16   the paper's CAM head: the deepest map (stride 16), GAP + FC
+    gap-s8    the stride-8 map, GAP
+    lse-s8    the stride-8 map, log-sum-exp pooling r = 5 (``arch.cam_pool=lse``)
+    lse20-s8  the stride-8 map, r = 20 (close to global max pooling)
+
+    python benchmarks/cam_pooling.py                 # 4 rows x 1 seed, the synth-cpu budget (~10-15 min, 2 cores)
+    python benchmarks/cam_pooling.py --seeds 0 1 2
+    python benchmarks/cam_pooling.py --quick         # smoke run: 2 steps per row
+
+Runs go to ``--runs-dir/<row>/seed<k>``; writes ``benchmarks/results/cam_pooling.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (base_overrides, finish, format_cell, markdown_table, metrics_of, run_rows,  # noqa: E402
+                    train_seconds, training_parser)
+
+ROWS = {
+    "gap-s16": ("CAM, stride 16, GAP (paper)", ["model=cam", "arch.cam_stride=16", "arch.cam_pool=gap"]),
+    "gap-s8": ("CAM, stride 8, GAP", ["model=cam", "arch.cam_stride=8", "arch.cam_pool=gap"]),
+    "lse-s8": ("CAM, stride 8, LSE r=5", ["model=cam", "arch.cam_stride=8", "arch.cam_pool=lse",
+                                          "arch.cam_lse_r=5"]),
+    "lse20-s8": ("CAM, stride 8, LSE r=20", ["model=cam", "arch.cam_stride=8", "arch.cam_pool=lse",
+                                             "arch.cam_lse_r=20"]),
+}
+COLUMNS = ("PCK@0.1", "PCK@0.2", "px err", "AP")
+GROUPS = ("face", "arms", "legs")
+
+
+def per_model(key, seed, model, cfg, val_ds) -> dict:
+    """PCK@0.1 per joint group, and the mean-pose prior's metrics on the same crops."""
+    from lofr.engine.trainer import build_datasets, evaluate
+    from lofr.data.topdown import mean_pose_prior
+
+    train_ds, _ = build_datasets(cfg, val=False)
+    report = evaluate(model, val_ds, cfg.data.eval_batch_size, cfg.data.flip_test,
+                      prior_pose=mean_pose_prior(train_ds))
+    return {"groups": {g: report.pck_per_group[0.1][g] for g in GROUPS}, "prior": metrics_of(report.prior)}
+
+
+def format_table(rows: dict) -> str:
+    headers = ["row", *COLUMNS, *[f"{g} PCK@0.1" for g in GROUPS], "train s"]
+    lines = []
+    for row in rows.values():
+        extra = next(iter(row["extra"].values()), {})
+        lines.append([row["label"], *[format_cell(row["mean"][c], row["std"][c], 1 if c == "px err" else 3)
+                                      for c in COLUMNS],
+                      *[format_cell(extra.get("groups", {}).get(g, float("nan"))) for g in GROUPS],
+                      train_seconds(row)])
+    prior = next((e["prior"] for r in rows.values() for e in r["extra"].values() if "prior" in e), None)
+    if prior:
+        lines.append(["mean-pose prior (no model)", *[format_cell(prior[c], digits=1 if c == "px err" else 3)
+                                                      for c in COLUMNS], "", "", "", ""])
+    return markdown_table(headers, lines)
+
+
+NOTES = """\
+`model=cam`: LOFR's CNN branch alone (`lofr.models.PlainCAM`), trained with the image-level BCE only; keypoint =
+CAM arg-max. Same config, budget and crops for every row; group columns = PCK@0.1 of face / arms / legs."""
+
+
+def main(argv=None) -> dict:
+    p = training_parser(__doc__, "cam_pooling")
+    p.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    common = base_overrides(args)
+    rows = run_rows({k: ROWS[k] for k in args.rows}, args, common, per_model=per_model)
+    return finish("cam_pooling", "Plain CAM on SynthPose: receptive field and pooling", "benchmarks/cam_pooling.py",
+                  argv, args, t_start, format_table(rows), NOTES, overrides=common, rows=rows)
+
+
+if __name__ == "__main__":
+    main()
