@@ -14,7 +14,7 @@ from lofr.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, box_to_center_sca
                                   get_affine_transform, normalize_image, warp_image)
 
 __all__ = ["side_colour", "draw_skeleton", "predict_image", "plot_prediction", "crop_to_rgb", "show_maps",
-           "plot_matrix"]
+           "plot_matrix", "show_scale_maps", "skeleton_grid"]
 
 
 def side_colour(name: str) -> str:
@@ -168,3 +168,85 @@ def plot_matrix(ax, matrix, labels, title: str = "", cmap: str = "viridis", vmin
     if colorbar:
         ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     return im
+
+
+def show_scale_maps(maps, fused, strides, image=None, truth=None, point=None, title: str | None = None,
+                    cmap: str = "magma", alpha: float = 0.65, size: float = 2.0):
+    """One keypoint's response map at every scale, then the fused map, in one row (notebook 05).
+
+    maps: list of (h_s, w_s) maps (tensors or arrays), one per stride in ``strides``; fused (H, W)
+    (``lofr.models.decoder.fuse_response_maps``). image: optional (H_in, W_in, 3) RGB under every
+    panel (each map stretched over it, as :func:`show_maps`); truth / point: optional (x, y) input
+    pixels drawn as a white circle / a cyan cross. Each panel's title gives the stride, the grid and
+    the map's total mass (the share of the query's attention on that scale). Returns the figure."""
+    ms = [np.asarray(torch.as_tensor(m).detach().float().cpu()) for m in maps]
+    f = np.asarray(torch.as_tensor(fused).detach().float().cpu())
+    if len(ms) != len(strides) or any(m.ndim != 2 for m in ms) or f.ndim != 2:
+        raise ValueError(f"show_scale_maps: need one 2-D map per stride ({len(strides)}) and a 2-D fused map, "
+                         f"got {[m.shape for m in ms]} and {f.shape}")
+    panels = [(m, f"stride {s}: {m.shape[0]}x{m.shape[1]}\nmass {m.sum():.3f}") for m, s in zip(ms, strides)]
+    panels.append((f, f"fused {f.shape[0]}x{f.shape[1]}\nmass {f.sum():.3f}"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels), size * 1.4 + (0.3 if title else 0)),
+                             squeeze=False)
+    for ax, (m, label) in zip(axes[0], panels):
+        extent = None
+        if image is not None:
+            img = np.asarray(image)
+            ax.imshow(img)
+            extent = (0, img.shape[1], img.shape[0], 0)
+        im = ax.imshow(m, cmap=cmap, alpha=alpha if image is not None else 1.0, extent=extent,
+                       interpolation="nearest")
+        for pt, style in ((truth, dict(marker="o", s=30, facecolors="none", edgecolors="white", linewidths=1.2)),
+                          (point, dict(marker="x", s=30, c="cyan", linewidths=1.5))):
+            if pt is not None and np.all(np.isfinite(np.asarray(pt, dtype=float))):
+                ax.scatter(*np.asarray(pt, dtype=float), **style)
+        ax.set_title(label, fontsize=7)
+        ax.axis("off")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=5)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def skeleton_grid(images, poses: dict, visible=None, schema: str | KeypointSchema = "coco", title: str | None = None,
+                  col_titles=None, size: float = 1.5):
+    """Qualitative comparison (paper Fig. 7-8): one row per pose source, one column per crop.
+
+    images: (N, H, W, 3) RGB in [0, 1] (e.g. :func:`crop_to_rgb` of each crop); poses: ordered
+    {row name: (N, C, 2) keypoints (x, y) in the crops' pixels}, e.g. ground truth / Baseline / LOFR;
+    visible: optional (N, C) bool, the joints drawn in every row (e.g. the present ones, so that each
+    row draws the same joints); col_titles: optional N strings. Left joints blue, right orange.
+    Returns the figure."""
+    imgs = [np.asarray(im) for im in images]
+    n = len(imgs)
+    schema = get_schema(schema)
+    arrays = {name: np.asarray(torch.as_tensor(p).detach().float().cpu()) for name, p in poses.items()}
+    for name, p in arrays.items():
+        if p.shape != (n, schema.num_keypoints, 2):
+            raise ValueError(f"skeleton_grid: poses[{name!r}] must be (N={n}, C={schema.num_keypoints}, 2), "
+                             f"got {p.shape}")
+    vis = np.ones((n, schema.num_keypoints), bool) if visible is None else np.asarray(visible).astype(bool)
+    if vis.shape != (n, schema.num_keypoints):
+        raise ValueError(f"skeleton_grid: visible must be (N, C) = ({n}, {schema.num_keypoints}), got {vis.shape}")
+    rows = len(arrays)
+    h, w = imgs[0].shape[:2]
+    fig, axes = plt.subplots(rows, n, figsize=(size * n * w / h + 0.4, size * rows + (0.4 if title else 0)),
+                             squeeze=False)
+    for r, (name, pts) in enumerate(arrays.items()):
+        for j in range(n):
+            ax = axes[r, j]
+            ax.imshow(imgs[j])
+            draw_skeleton(ax, pts[j], vis[j].astype(float), schema, thr=0.5, size=10.0)
+            ax.set_xlim(0, w)
+            ax.set_ylim(h, 0)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(name, fontsize=8)
+            if r == 0 and col_titles is not None:
+                ax.set_title(col_titles[j], fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
