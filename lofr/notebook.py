@@ -70,8 +70,9 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    # A few hundred steps of the CPU config: minutes on 2 cores; the CAMs and the presence logits
-    # are already informative, the transformer's response maps not yet (notebook 05 trains longer).
+    # A few hundred steps of the CPU config: minutes on 2 cores. The presence logits are a little
+    # better than the label marginals, the response maps still near-uniform; the full synth-cpu
+    # budget is `lofr quickstart` / benchmarks/synth_claim.py (its numbers are in the README).
     "cpu-small": Profile("cpu-small", "synth-cpu", (64, 48), train_steps=300, device="cpu",
                          overrides=("data.workers=0", "eval_every=0")),
     # The same SynthPose config trained to the end of its schedule on one GPU, at twice the
