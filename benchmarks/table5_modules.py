@@ -21,6 +21,8 @@ arch.dec_value=memory``, which builds exactly the Baseline's network and loss):
     PDC    arch.use_pdc: β L_div (Eq. 11) on the decoder's part features. It needs no other module,
            so "+PDC alone" is the baseline's network trained with the final BCE + β L_div.
 
+The rows are defined in ``lofr/ablations.py`` (``TABLE5_ROWS``; notebook 06 trains them too).
+
     python benchmarks/table5_modules.py                     # 9 rows x 1 seed on synth-cpu (~80-95 min, 2 cores)
     python benchmarks/table5_modules.py --seeds 0 1 2       # mean ± std over 3 seeds (3x)
     python benchmarks/table5_modules.py --rows baseline +SPE all
@@ -41,30 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (base_overrides, finish, format_cell, markdown_table, paired_gain, run_rows,  # noqa: E402
                     train_seconds, training_parser)
 
-BASE = ["model=lofr", "arch.cam_head=false", "arch.enc_head=false", "arch.use_spe=false", "arch.multi_scale=false",
-        "arch.use_reppg=false", "arch.use_pdc=false", "arch.dec_value=memory"]
-MODULES = {"SPE": ["arch.cam_head=true", "arch.use_spe=true"],
-           "MS": ["arch.multi_scale=true", "arch.enc_head=true"],
-           "RePPG": ["arch.cam_head=true", "arch.use_reppg=true"],
-           "PDC": ["arch.use_pdc=true"]}
+from lofr.ablations import BASE, MODULES, TABLE5_ROWS as ROWS, with_modules  # noqa: E402,F401  (the rows)
 
-
-def with_modules(*names: str) -> list[str]:
-    """The overrides of the baseline-like LOFR with ``names`` switched on (later keys win)."""
-    return BASE + [o for n in names for o in MODULES[n]]
-
-
-ROWS = {  # key -> (label, overrides); the table's order
-    "baseline": ("Baseline", ["model=baseline"]),
-    "+SPE": ("+SPE", with_modules("SPE")),
-    "+MS": ("+MS", with_modules("MS")),
-    "+RePPG": ("+RePPG", with_modules("RePPG")),
-    "+PDC": ("+PDC", with_modules("PDC")),
-    "+SPE+MS": ("+SPE +MS", with_modules("SPE", "MS")),
-    "+RePPG+PDC": ("+RePPG +PDC", with_modules("RePPG", "PDC")),
-    "all": ("all (LOFR, paper)", with_modules("SPE", "MS", "RePPG", "PDC")),
-    "lofr-config": ("LOFR as configured", ["model=lofr"]),
-}
 COLUMNS = ("PCK@0.1", "PCK@0.2", "px err", "AP", "AR")
 GAINS = ("PCK@0.1", "AP")
 

@@ -10,6 +10,7 @@ mAP / mAR), PCK@0.1 / 0.2 of the box diagonal, pixel error, and the training tim
     python benchmarks/table6_depths.py --enc 1 --dec 2 4
     python benchmarks/table6_depths.py --quick      # smoke run: 2 steps per row
 
+The rows are defined in ``lofr/ablations.py`` (``grid_rows``, ``CPU_GRID``, ``FULL_GRID``).
 (synth-cpu's own depths are D_En 1, D_De 2; the paper's COCO choice is 4 / 6.) Runs go to
 ``--runs-dir/en<a>-de<b>/seed<k>``; writes ``benchmarks/results/table6_depths.{json,md}``.
 """
@@ -26,15 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (base_overrides, finish, format_cell, markdown_table, run_rows, train_seconds,  # noqa: E402
                     training_parser)
 
-CPU_GRID = ((1, 2), (1, 2, 3))
-FULL_GRID = ((2, 3, 4, 6), (2, 3, 4, 6))
+from lofr.ablations import CPU_GRID, FULL_GRID, grid_rows  # noqa: E402  (the rows)
+
 COLUMNS = ("AP", "AR", "PCK@0.1", "PCK@0.2", "px err")
-
-
-def grid_rows(enc, dec) -> dict:
-    """{"en<a>-de<b>": (label, overrides)} for every (D_En, D_De) pair."""
-    return {f"en{a}-de{b}": (f"D_En {a}, D_De {b}", ["model=lofr", f"arch.enc_layers={a}", f"arch.dec_layers={b}"])
-            for a in enc for b in dec}
 
 
 def format_table(rows: dict) -> str:
