@@ -114,3 +114,12 @@ def synthpose_small(tmp_path_factory):
     synth.generate(root, n_train=200, n_val=50, seed=0, workers=1, progress=False)
     return root
 
+
+@pytest.fixture(scope="session")
+def synth_tiny(tmp_path_factory):
+    """A tiny SynthPose set (16 train / 6 val images of 96x80) for the benchmark scripts' --quick runs."""
+    from lofr.data import synth
+
+    root = tmp_path_factory.mktemp("synth_tiny")
+    synth.generate(root, n_train=16, n_val=6, seed=0, image_size=(96, 80), workers=1, progress=False)
+    return root

@@ -20,13 +20,9 @@ def load_benchmark():
     return module
 
 
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory):
-    from lofr.data import synth
-
-    root = tmp_path_factory.mktemp("synth_bench")
-    synth.generate(root, n_train=16, n_val=6, seed=0, image_size=(96, 80), workers=1, progress=False)
-    return root
+@pytest.fixture
+def tiny_root(synth_tiny):
+    return synth_tiny
 
 
 def test_recovered_gain_hand_case():

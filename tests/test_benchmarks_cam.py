@@ -11,11 +11,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_cam_pooling_quick(tmp_path):
-    from lofr.data import synth
-
-    root = tmp_path / "sp"
-    synth.generate(root, n_train=12, n_val=4, seed=0, image_size=(96, 80), workers=1, progress=False)
+def test_cam_pooling_quick(synth_tiny, tmp_path):
+    root = synth_tiny
     sys.path.insert(0, str(ROOT / "benchmarks"))
     spec = importlib.util.spec_from_file_location("bench_cam_pooling", ROOT / "benchmarks" / "cam_pooling.py")
     mod = importlib.util.module_from_spec(spec)

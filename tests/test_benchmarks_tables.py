@@ -24,13 +24,9 @@ def load(name: str):
     return module
 
 
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory):
-    from lofr.data import synth
-
-    root = tmp_path_factory.mktemp("synth_tables")
-    synth.generate(root, n_train=16, n_val=6, seed=0, image_size=(96, 80), workers=1, progress=False)
-    return root
+@pytest.fixture
+def tiny_root(synth_tiny):
+    return synth_tiny
 
 
 def quick_args(tiny_root, tmp_path, *extra) -> list[str]:
