@@ -215,3 +215,40 @@ def test_part_logits_are_attention_pooled_position_scores():
     assert torch.allclose(out["logits"], out["logits_per_layer"][-1])
     with pytest.raises(ValueError, match="logits_from"):
         PoseDecoder(d, 2, 1, 16, logits_from="memory")
+
+
+def test_attention_bias_is_added_to_every_heads_logits():
+    torch.manual_seed(0)
+    attn = Attention(8, 2).eval()
+    q, k, v = torch.randn(2, 3, 8), torch.randn(2, 5, 8), torch.randn(2, 5, 8)
+    bias = torch.randn(2, 3, 5)
+    out_w, weights = attn(q, k, v, need_weights=True, bias=bias)
+    out_sdpa, _ = attn(q, k, v, bias=bias)
+    assert torch.allclose(out_w, out_sdpa, atol=1e-6)
+    qh = rearrange(attn.q_proj(q), "b n (h e) -> b h n e", h=2)
+    kh = rearrange(attn.k_proj(k), "b n (h e) -> b h n e", h=2)
+    ref = (qh @ kh.transpose(-2, -1) / 2.0 + bias[:, None]).softmax(-1)  # sqrt(e) = 2
+    assert torch.allclose(weights, ref, atol=1e-6)
+    # a log-mask bias confines the attention: log(1e-3) off one cell, 0 on it
+    mask = torch.full((2, 3, 5), math.log(1e-3)).index_fill_(-1, torch.tensor([2]), 0.0) * 10
+    _, w = attn(q, k, v, need_weights=True, bias=mask)
+    assert (w[..., 2] > 0.99).all()
+
+
+def test_lofr_key_bias_pulls_each_query_to_its_cam_location():
+    """dec_key_bias: query c's cross-attention logits get gamma * log(F^key_c + 1e-3), F^key the SPE
+    location maps; with gamma large every present joint's response peaks on its CAM location."""
+    from lofr.models.lofr import LOFR, LOFRConfig
+
+    torch.manual_seed(0)
+    model = LOFR(17, LOFRConfig.cpu_small(dec_key_bias=True)).eval()
+    assert LOFR(17, LOFRConfig.cpu_small()).key_bias_scale is None
+    with torch.no_grad():
+        model.key_bias_scale.fill_(50.0)
+        model.cam_head.fc.bias.fill_(20.0)  # every joint "present": F^key at full strength
+        out = model(torch.randn(2, 3, 64, 48))
+    key = out["key_maps"][0]  # (B, C, 16, 12) stride 4
+    resp = out["response_maps"][0]  # the stride-4 share of the last layer's attention
+    key, resp = rearrange(key, "b c h w -> b c (h w)"), rearrange(resp, "b c h w -> b c (h w)")
+    at_peak = torch.gather(key, 2, resp.argmax(-1, keepdim=True))[..., 0]  # F^key where the response peaks
+    assert torch.allclose(at_peak, key.amax(-1), atol=1e-6)  # (a tie of F^key cells is allowed)

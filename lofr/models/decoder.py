@@ -49,17 +49,20 @@ class Attention(nn.Module):
         self.q_proj, self.k_proj, self.v_proj = (nn.Linear(d_model, d_model) for _ in range(3))
         self.out_proj = nn.Linear(d_model, d_model)  # W_O (Eq. 8)
 
-    def forward(self, q, k, v, need_weights: bool = False):
+    def forward(self, q, k, v, need_weights: bool = False, bias=None):
         q, k, v = (rearrange(proj(x), "b n (h e) -> b h n e", h=self.nhead)
                    for proj, x in ((self.q_proj, q), (self.k_proj, k), (self.v_proj, v)))  # (B, h, N, e)
         p = self.dropout if self.training else 0.0
+        bias = None if bias is None else bias[:, None]  # (B, 1, Nq, Nk): the same for every head
         if need_weights:
             scores = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5  # (B, h, Nq, Nk)
+            if bias is not None:
+                scores = scores + bias
             weights = scores.softmax(dim=-1)  # (B, h, Nq, Nk), Eq. 6
             out = F.dropout(weights, p, self.training) @ v  # (B, h, Nq, e)
         else:
             weights = None
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, h, Nq, e)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)  # (B, h, Nq, e)
         out = rearrange(out, "b h n e -> b n (h e)")  # (B, Nq, d), Concat of Eq. 8
         return self.out_proj(out), weights
 
@@ -88,14 +91,14 @@ class DecoderLayer(nn.Module):
     def _with_pos(x, pos):
         return x if pos is None else x + pos
 
-    def forward(self, tgt, memory, memory_pos=None, query_pos=None, value=None):
+    def forward(self, tgt, memory, memory_pos=None, query_pos=None, value=None, attn_bias=None):
         value = memory if value is None else value  # (B, L, d)
         if self.self_attn is not None:
             q = self._with_pos(tgt, query_pos)  # (B, C, d)
             sa, _ = self.self_attn(q, q, tgt)
             tgt = self.norm_sa(tgt + self.drop(sa))  # (B, C, d)
         ca, weights = self.cross_attn(self._with_pos(tgt, query_pos), self._with_pos(memory, memory_pos),
-                                      value, need_weights=True)  # (B, C, d), (B, h, C, L)
+                                      value, need_weights=True, bias=attn_bias)  # (B, C, d), (B, h, C, L)
         tgt = self.norm_ca(tgt + self.drop(ca))  # (B, C, d)
         tgt = self.norm_ffn(tgt + self.drop(self.ffn(tgt)))  # (B, C, d)
         return tgt, weights.mean(dim=1)  # (B, C, d), (B, C, L)
@@ -203,7 +206,8 @@ class PoseDecoder(nn.Module):
         self.classifier = KeypointClassifier(d_model, num_keypoints)
         self.d_model = d_model
 
-    def forward(self, queries, memory, memory_pos=None, spatial_shapes=None, query_pos=None, value=None) -> dict:
+    def forward(self, queries, memory, memory_pos=None, spatial_shapes=None, query_pos=None, value=None,
+                attn_bias=None) -> dict:
         b, c, d = queries.shape  # (B, C, d)
         if memory.ndim != 3 or memory.shape[0] != b or memory.shape[2] != d:
             raise ValueError(f"memory must be (B={b}, L, d={d}), got {tuple(memory.shape)}")
@@ -214,7 +218,7 @@ class PoseDecoder(nn.Module):
             raise ValueError(f"value must have the memory's shape {tuple(memory.shape)}, got {tuple(value.shape)}")
         tgt, hs, attn = queries, [], []
         for layer in self.layers:
-            tgt, a = layer(tgt, memory, memory_pos, query_pos, value)  # (B, C, d), (B, C, L)
+            tgt, a = layer(tgt, memory, memory_pos, query_pos, value, attn_bias)  # (B, C, d), (B, C, L)
             hs.append(tgt)
             attn.append(a)
         hs, attn = torch.stack(hs), torch.stack(attn)  # (D_De, B, C, d), (D_De, B, C, L)

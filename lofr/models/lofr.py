@@ -78,6 +78,13 @@ class LOFRConfig:
     its attention. With "memory" self-attention can spread "a wrist is present" over every token,
     and the classification loss no longer needs the response to sit on the wrist.
 
+    ``dec_key_bias`` (not in the paper; off = the paper): add gamma * log(F^key_c + 1e-3) to keypoint
+    c's cross-attention logits in every decoder layer (gamma learned, starting at 1; F^key = SPE's CAM
+    location maps, Eq. 3's input, 0 away from the CAM peak and for joints the CNN calls absent). The
+    response maps then start at the CAM peaks and the decoder refines them, instead of having to find
+    the joints again from a flat start; ``dec_logits`` ("query" = the paper, "part" = presence from
+    the attention-pooled values) is documented in decoder.py, ``cam_pool`` in cam.py.
+
     ``cam_stride`` (the paper: the CNN's last map, 16 here): which backbone map the CAM head reads.
     8 gives twice finer CAMs (and SPE key maps) from a shallower, smaller-receptive-field map; at
     64x48 input stride 16 is a 4x3 grid.
@@ -109,6 +116,7 @@ class LOFRConfig:
     dec_self_attn: bool = True
     dec_value: Literal["memory", "local"] = "memory"  # what the decoder's cross-attention reads
     cam_stride: int = 16  # the backbone map the CAM head reads (4, 8 or 16)
+    dec_key_bias: bool = False  # add gamma * log(F^key_c + eps) to query c's cross-attention logits
     dec_logits: Literal["query", "part"] = "query"  # what the decoder's classifier reads (decoder.py)
     cam_pool: Literal["gap", "lse"] = "gap"  # the CAM head's pooling (the paper: GAP; see cam.py)
     cam_lse_r: float = 5.0  # its sharpness with cam_pool="lse"
@@ -287,6 +295,7 @@ class LOFR(nn.Module):
         self.enc_classifier = nn.Linear(d, c) if cfg.enc_head else None
         self.reppg = RePPG(self.schema, d, cfg.reppg_layers) if cfg.use_reppg else None
         self.query_embed = nn.Parameter(torch.randn(c, d) * 0.02)  # DETR's query_pos
+        self.key_bias_scale = nn.Parameter(torch.ones(())) if cfg.dec_key_bias and cfg.use_spe else None
         self.decoder = PoseDecoder(d, cfg.nhead, cfg.dec_layers, cfg.dim_ff, cfg.dropout,
                                    self_attn=cfg.dec_self_attn, num_keypoints=c, logits_from=cfg.dec_logits)
 
@@ -326,7 +335,11 @@ class LOFR(nn.Module):
             prototypes = memory.new_zeros(b, self.num_keypoints, cfg.d_model)  # DETR: tgt = 0
         query_pos = self.query_embed[None].expand(b, -1, -1)  # (B, C, d)
         value = local if cfg.dec_value == "local" else memory  # (B, L, d)
-        dec = self.decoder(prototypes, memory, enc["pos"], shapes, query_pos, value)
+        attn_bias = None
+        if self.key_bias_scale is not None:  # the CAM location prior on every keypoint's cross-attention
+            kb = torch.cat([rearrange(m, "b c h w -> b c (h w)") for m in key_maps], dim=-1)  # (B, C, L)
+            attn_bias = self.key_bias_scale * torch.log(kb + 1e-3)  # (B, C, L)
+        dec = self.decoder(prototypes, memory, enc["pos"], shapes, query_pos, value, attn_bias)
 
         fused = dec["response_fused"]  # (B, C, H/4, W/4)
         heatmaps = fused / fused.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
