@@ -108,6 +108,7 @@ def main(argv=None) -> dict:
     p.add_argument("--data-root", help="dataset root (default: the config's; SynthPose)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: with data.workers=1 that fills 2 cores;\n2 threads + a loader on a loaded 2-core machine ran 7 s/step instead of 0.1)")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 steps per model, tiny batches")
+    p.add_argument("--results-name", default="synth_claim", help="results file stem (default synth_claim)")
     args = p.parse_args(argv)
 
     from lofr.data.topdown import mean_pose_prior
@@ -171,12 +172,12 @@ def main(argv=None) -> dict:
            "table": table}
     results = Path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
-    (results / "synth_claim.json").write_text(json.dumps(out, indent=1, default=float))
-    md = (f"# SynthPose claim benchmark\n\n`{command}`\n\ncommit `{out['commit']}`, {machine['cpu_count']} CPUs, "
+    (results / f"{args.results_name}.json").write_text(json.dumps(out, indent=1, default=float))
+    md = (f"# SynthPose claim benchmark ({args.config})\n\n`{command}`\n\ncommit `{out['commit']}`, {machine['cpu_count']} CPUs, "
           f"torch {machine['torch']} ({machine['torch_threads']} threads), wall {out['wall_s']} s\n\n{table}\n")
-    (results / "synth_claim.md").write_text(md)
+    (results / f"{args.results_name}.md").write_text(md)
     print(table)
-    print(f"wall time {wall:.0f} s; written to {results}/synth_claim.{{json,md}}")
+    print(f"wall time {wall:.0f} s; written to {results}/{args.results_name}.{{json,md}}")
     return out
 
 
