@@ -60,7 +60,7 @@ PAPER = [n for n in ("coco-r50-256x192", "coco-r50-384x288", "coco-hrnet32-256x1
 
 
 def test_every_shipped_config_loads_and_the_paper_ones_carry_sec_4_2():
-    assert set(available_configs()) == set(PAPER) | {"synth-cpu"}
+    assert set(available_configs()) == set(PAPER) | {"synth-cpu", "synth-cpu-guided"}
     epochs = {"mpii": 160, "crowdpose": 210, "coco": 210}
     for name in PAPER:
         cfg = load_config(name)
@@ -78,6 +78,10 @@ def test_every_shipped_config_loads_and_the_paper_ones_carry_sec_4_2():
     assert load_config("mpii-r50-256x256").data.aug.half_body_prob > 0  # "half-body ... adopted" for MPII
     small = load_config("synth-cpu")
     assert small.data.root == "" and small.data.input_size == (64, 48) and small.arch["backbone"] == "small"
+    guided = load_config("synth-cpu-guided")  # synth-cpu + the CAM-guided changes, nothing else
+    assert guided.data == small.data and guided.optim == small.optim
+    assert {k: v for k, v in guided.arch.items() if k not in ("cam_stride", "cam_pool", "dec_key_bias")} == small.arch
+    assert (guided.arch["cam_stride"], guided.arch["cam_pool"], guided.arch["dec_key_bias"]) == (8, "lse", True)
 
 
 def test_load_config_overrides_and_clear_errors(tmp_path):
