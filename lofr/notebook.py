@@ -52,7 +52,8 @@ class Profile:
     config: a shipped training config (``lofr/configs/<config>.yaml``); overrides: ``key=value``
     strings applied on top (``lofr.engine.config.load_config``); train_steps: optimiser steps of the
     notebooks' training runs (0 = the config's full schedule); input_size: (H, W) crops;
-    probe_steps: training steps of the label-leak probe's classifiers.
+    probe_steps: training steps of the label-leak probe's classifiers; threads: torch's CPU threads
+    (None: torch's default).
     """
 
     name: str
@@ -62,6 +63,7 @@ class Profile:
     overrides: tuple[str, ...] = ()
     device: str = "auto"
     probe_steps: int = 300
+    threads: int | None = None  # torch CPU threads; None = torch's default
 
     def all_overrides(self) -> list[str]:
         h, w = self.input_size
@@ -73,8 +75,10 @@ PROFILES: dict[str, Profile] = {
     # A few hundred steps of the CPU config: minutes on 2 cores. The presence logits are a little
     # better than the label marginals, the response maps still near-uniform; the full synth-cpu
     # budget is `lofr quickstart` / benchmarks/synth_claim.py (its numbers are in the README).
+    # One torch thread: on a 2-core machine as fast as two when it is idle and 10-50x faster when
+    # anything else runs (thread oversubscription), and the same numbers on every machine.
     "cpu-small": Profile("cpu-small", "synth-cpu", (64, 48), train_steps=300, device="cpu",
-                         overrides=("data.workers=0", "eval_every=0")),
+                         overrides=("data.workers=0", "eval_every=0"), threads=1),
     # The same SynthPose config trained to the end of its schedule on one GPU, at twice the
     # resolution. (The COCO / MPII / CrowdPose recipes are notebook 08's.)
     "gpu-full": Profile("gpu-full", "synth-cpu", (128, 96), train_steps=0, device="auto",
@@ -131,6 +135,8 @@ def setup(seed: int = 0, profile: str | None = None, data_root=None, cache_dir=N
     from lofr.data.synth import ensure_synthpose
 
     seed_everything(seed)
+    if prof.threads is not None:
+        torch.set_num_threads(prof.threads)
     import matplotlib.pyplot as plt
 
     plt.rcParams.update({"figure.dpi": 72, "savefig.dpi": 72})  # keeps the stored notebooks small

@@ -46,6 +46,7 @@ def test_setup_seeds_names_paths_and_prints_relative(nb_setup, capsys):
     out = capsys.readouterr().out
     assert out.startswith("PROFILE cpu-small: device cpu, seed 3, 64x48 crops, 300 training steps")
     assert plt.rcParams["figure.dpi"] == 72
+    assert torch.get_num_threads() == 1  # cpu-small pins one torch thread
 
 
 def test_setup_rejects_unknown_profile_and_reads_env(monkeypatch, synthpose_small):
