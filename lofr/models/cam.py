@@ -35,7 +35,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-__all__ = ["CAMHead", "class_activation_maps", "keypoint_vectors", "lse_pool"]
+__all__ = ["CAMHead", "cam_scores", "class_activation_maps", "keypoint_vectors", "lse_pool"]
 
 WEIGHTINGS = ("softmax", "mean", "sum")
 POOLS = ("gap", "lse")
@@ -48,12 +48,20 @@ def lse_pool(maps: torch.Tensor, r: float) -> torch.Tensor:
     return (torch.logsumexp(r * flat, dim=-1) - math.log(flat.shape[-1])) / r
 
 
+def cam_scores(x_prime: torch.Tensor, fc_weight: torch.Tensor) -> torch.Tensor:
+    """Eq. 1 before its ReLU: s_c(x, y) = sum_k w^c_k x'_k(x, y).
+
+    x_prime (B, K, h, w), fc_weight (C, K) -> scores (B, C, h, w).
+    """
+    return torch.einsum("ck,bkhw->bchw", fc_weight, x_prime)
+
+
 def class_activation_maps(x_prime: torch.Tensor, fc_weight: torch.Tensor) -> torch.Tensor:
     """Eq. 1: m_c(x, y) = ReLU(sum_k w^c_k x'_k(x, y)).
 
     x_prime (B, K, h, w), fc_weight (C, K) -> cams (B, C, h, w), >= 0.
     """
-    return torch.einsum("ck,bkhw->bchw", fc_weight, x_prime).relu()
+    return cam_scores(x_prime, fc_weight).relu()
 
 
 def keypoint_vectors(x_prime: torch.Tensor, x_c: torch.Tensor, weighting: str = "softmax") -> torch.Tensor:
@@ -94,11 +102,11 @@ class CAMHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x_prime = self.to_classes(x)  # (B, C, h, w)
+        scores = cam_scores(x_prime, self.fc.weight)  # (B, C, h, w)  Eq. 1 before the ReLU
         if self.pool == "gap":
             logits = self.fc(x_prime.mean(dim=(2, 3)))  # (B, C)
-        else:  # smooth max of the class maps s_c (Eq. 1 before the ReLU)
-            scores = torch.einsum("ck,bkhw->bchw", self.fc.weight, x_prime)  # (B, C, h, w)
+        else:  # smooth max of the class maps s_c
             logits = lse_pool(scores, self.lse_r) + self.fc.bias  # (B, C)
-        cams = class_activation_maps(x_prime, self.fc.weight)  # (B, C, h, w)  Eq. 1
+        cams = scores.relu()  # (B, C, h, w)  Eq. 1
         protos = keypoint_vectors(x_prime, self.to_proto(x), self.weighting)  # (B, C, D')  Eq. 2
         return {"logits": logits, "cams": cams, "protos": protos, "x_prime": x_prime}

@@ -440,13 +440,9 @@ class PlainCAM(nn.Module):
         return {"logits_cnn": cam["logits"], "logits": cam["logits"], "cams": cam["cams"],
                 "response_fused": normalise_cams(cam["cams"]), "protos": cam["protos"]}
 
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor, refine: bool = True) -> dict:
-        """As :meth:`LOFR.predict_cam`: keypoints (B, C, 2) in input pixels, scores, probs."""
-        out = self(images)
-        keypoints, concentration = decode_response_maps(out["response_fused"], self.cam_stride, refine)
-        probs = out["logits"].sigmoid()
-        return {"keypoints": keypoints, "scores": probs * concentration, "probs": probs, "outputs": out}
+    # the same decoding as LOFR's: the arg-max of response_fused (here the normalised CAMs, at
+    # strides[0] = cam_stride), score = p_c * concentration
+    predict = LOFR.predict
 
     def param_groups(self, lr: float, transformer_lr_factor: float = 0.1, weight_decay: float = 1e-4):
         """All parameters are the CNN's: one group at ``lr`` (and an empty transformer group)."""
