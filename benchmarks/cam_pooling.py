@@ -22,13 +22,10 @@ Runs go to ``--runs-dir/<row>/seed<k>``; writes ``benchmarks/results/cam_pooling
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (base_overrides, finish, format_cell, markdown_table, metrics_of, run_rows,  # noqa: E402
+from common import (begin, finish, format_cell, markdown_table, metrics_of, run_rows,  # noqa: E402
                     train_seconds, training_parser)
 
 ROWS = {
@@ -79,9 +76,7 @@ def main(argv=None) -> dict:
     p = training_parser(__doc__, "cam_pooling")
     p.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    t_start = time.perf_counter()
-    common = base_overrides(args)
+    t_start, common = begin(args)
     rows = run_rows({k: ROWS[k] for k in args.rows}, args, common, per_model=per_model)
     return finish("cam_pooling", "Plain CAM on SynthPose: receptive field and pooling", "benchmarks/cam_pooling.py",
                   argv, args, t_start, format_table(rows), NOTES, overrides=common, rows=rows)

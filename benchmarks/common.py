@@ -158,6 +158,13 @@ def base_overrides(args) -> list[str]:
         + ([f"data.root={args.data_root}"] if args.data_root else [])
 
 
+def begin(args) -> tuple[float, list[str]]:
+    """What every training benchmark does first: torch's CPU threads from ``--threads``, the wall clock
+    (-> ``finish``'s ``t_start``) and the overrides of every row (:func:`base_overrides`)."""
+    torch.set_num_threads(args.threads)
+    return time.perf_counter(), base_overrides(args)
+
+
 def metrics_of(report) -> dict:
     """An EvalReport -> {PCK@0.1, PCK@0.2, px err, AP, AR} (AP / AR: COCOeval's mAP / mAR)."""
     s = report.summary()

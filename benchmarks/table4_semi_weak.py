@@ -28,13 +28,10 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import base_overrides, finish, format_cell, markdown_table, run_rows, training_parser  # noqa: E402
+from common import begin, finish, format_cell, markdown_table, run_rows, training_parser  # noqa: E402
 
 FRACTIONS = (0.05, 0.10, 0.25, 1.0)
 METHODS = {"sup": ("Sup-only", ["model=sup-only", "loss.mse=1.0"]),
@@ -103,9 +100,7 @@ def main(argv=None) -> dict:
     p.add_argument("--sup-budget", choices=("steps", "epochs"), default="steps",
                    help="Sup-only: as many optimiser steps as LOFR-WS (default) or the config's epochs")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    t_start = time.perf_counter()
-    common = base_overrides(args)
+    t_start, common = begin(args)
     budget = "epochs" if args.checkpoint_dir else args.sup_budget  # loading: nothing to size
     rows = run_rows(build_rows(args.fractions, args.config, common, budget), args, common)
     budget_note = ("Sup-only budget: as many optimiser steps as LOFR-WS (its epochs scaled by 1/f)."

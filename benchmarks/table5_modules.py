@@ -34,13 +34,10 @@ Runs go to ``--runs-dir/<row>/seed<k>``; writes ``benchmarks/results/table5_modu
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (base_overrides, finish, format_cell, markdown_table, paired_gain, run_rows,  # noqa: E402
+from common import (begin, finish, format_cell, markdown_table, paired_gain, run_rows,  # noqa: E402
                     train_seconds, training_parser)
 
 from lofr.ablations import BASE, MODULES, TABLE5_ROWS as ROWS, with_modules  # noqa: E402,F401  (the rows)
@@ -77,9 +74,7 @@ def main(argv=None) -> dict:
     p = training_parser(__doc__, "table5_modules")
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS), help="which rows (default all)")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    t_start = time.perf_counter()
-    common = base_overrides(args)
+    t_start, common = begin(args)
     rows = run_rows({k: ROWS[k] for k in ROWS if k in args.rows}, args, common)
     table = format_table(rows)
     return finish("table5_modules", "Table 5 on SynthPose: the modules", "benchmarks/table5_modules.py", argv, args,

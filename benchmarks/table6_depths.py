@@ -18,13 +18,10 @@ The rows are defined in ``lofr/ablations.py`` (``grid_rows``, ``CPU_GRID``, ``FU
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (base_overrides, finish, format_cell, markdown_table, run_rows, train_seconds,  # noqa: E402
+from common import (begin, finish, format_cell, markdown_table, run_rows, train_seconds,  # noqa: E402
                     training_parser)
 
 from lofr.ablations import CPU_GRID, FULL_GRID, grid_rows  # noqa: E402  (the rows)
@@ -57,9 +54,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     enc, dec = FULL_GRID if args.full else CPU_GRID
     enc, dec = args.enc or enc, args.dec or dec
-    torch.set_num_threads(args.threads)
-    t_start = time.perf_counter()
-    common = base_overrides(args)
+    t_start, common = begin(args)
     rows = run_rows(grid_rows(enc, dec), args, common)
     return finish("table6_depths", "Table 6 on SynthPose: encoder / decoder depths", "benchmarks/table6_depths.py",
                   argv, args, t_start, format_table(rows), NOTES, overrides=common, grid={"enc": list(enc),

@@ -22,7 +22,6 @@ joints), columns = at joint / map mean for each model; the PCK / AP of both mode
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (base_overrides, finish, format_cell, markdown_table, mean_std, run_rows,  # noqa: E402
+from common import (begin, finish, format_cell, markdown_table, mean_std, run_rows,  # noqa: E402
                     training_parser)
 
 MODELS = {"baseline": ("Baseline", ["model=baseline"]), "lofr": ("LOFR", ["model=lofr"])}
@@ -92,9 +91,7 @@ def main(argv=None) -> dict:
     p.add_argument("--sample", choices=("bilinear", "nearest"), default="bilinear",
                    help="how the map is read at the keypoint (default bilinear)")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    t_start = time.perf_counter()
-    common = base_overrides(args)
+    t_start, common = begin(args)
 
     def measure(key, seed, model, cfg, val_ds):
         r = joint_response(model, val_ds, cfg.data.eval_batch_size, args.sample)

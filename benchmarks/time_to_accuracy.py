@@ -24,13 +24,10 @@ from __future__ import annotations
 import json
 import math
 import sys
-import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, base_overrides, finish, format_cell, markdown_table, run_rows, training_parser  # noqa: E402
+from common import ROOT, begin, finish, format_cell, markdown_table, run_rows, training_parser  # noqa: E402
 
 DEFAULT_RUNS = ("lofr", "baseline", "sup")  # under runs/synth_claim
 LABELS = {"lofr": "LOFR", "baseline": "Baseline", "sup": "supervised"}
@@ -136,9 +133,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     if args.checkpoint_dir:
         p.error("--checkpoint-dir: this script reads metrics.jsonl, not checkpoints; pass the run folders to --runs")
-    torch.set_num_threads(args.threads)
-    t_start = time.perf_counter()
-    common = base_overrides(args)
+    t_start, common = begin(args)
     trained = {}
     if args.train:
         trained = run_rows(TRAIN, args, common)

@@ -116,10 +116,24 @@ def synthpose_small(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def synth_tiny(tmp_path_factory):
+def tiny_root(tmp_path_factory):
     """A tiny SynthPose set (16 train / 6 val images of 96x80) for the benchmark scripts' --quick runs."""
     from lofr.data import synth
 
-    root = tmp_path_factory.mktemp("synth_tiny")
+    root = tmp_path_factory.mktemp("tiny_root")
     synth.generate(root, n_train=16, n_val=6, seed=0, image_size=(96, 80), workers=1, progress=False)
     return root
+
+
+def load_benchmark(name: str):
+    """Import ``benchmarks/<name>.py`` as a module (the scripts import ``common`` by its bare name)."""
+    import importlib.util
+    import sys
+
+    bench_dir = Path(__file__).resolve().parents[1] / "benchmarks"
+    if str(bench_dir) not in sys.path:
+        sys.path.insert(0, str(bench_dir))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", bench_dir / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

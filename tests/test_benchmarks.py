@@ -3,30 +3,15 @@ one table and writes its json / md with the command, commit and machine."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("synth_claim", ROOT / "benchmarks" / "synth_claim.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture
-def tiny_root(synth_tiny):
-    return synth_tiny
+from conftest import load_benchmark
 
 
 def test_recovered_gain_hand_case():
-    bench = load_benchmark()
+    bench = load_benchmark("synth_claim")
     rows = {"prior": {"PCK@0.1": 0.2, "PCK@0.2": 0.6}, "sup": {"PCK@0.1": 0.6, "PCK@0.2": 0.9},
             "lofr": {"PCK@0.1": 0.5, "PCK@0.2": 0.6}}
     gain = bench.recovered_gain(rows)
@@ -36,7 +21,7 @@ def test_recovered_gain_hand_case():
 
 
 def test_quick_run_writes_one_table(tiny_root, tmp_path, capsys):
-    bench = load_benchmark()
+    bench = load_benchmark("synth_claim")
     tiny = ["arch.d_model=32", "arch.nhead=2", "arch.dec_layers=1", "arch.dim_ff=32"]
     out = bench.main(["--quick", "--data-root", str(tiny_root), "--runs-dir", str(tmp_path / "runs"),
                       "--results-dir", str(tmp_path / "results"), "--threads", "1", "--set", *tiny])

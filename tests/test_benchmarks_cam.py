@@ -3,20 +3,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_benchmark
 
 
-def test_cam_pooling_quick(synth_tiny, tmp_path):
-    root = synth_tiny
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("bench_cam_pooling", ROOT / "benchmarks" / "cam_pooling.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+def test_cam_pooling_quick(tiny_root, tmp_path):
+    root = tiny_root
+    mod = load_benchmark("cam_pooling")
     out = mod.main(["--quick", "--data-root", str(root), "--runs-dir", str(tmp_path / "runs"),
                     "--results-dir", str(tmp_path / "results"), "--threads", "1", "--rows", "gap-s16", "lse-s8"])
     assert list(out["rows"]) == ["gap-s16", "lse-s8"]

@@ -4,29 +4,13 @@ writes its json / md (command, commit, machine, wall time); plus the helpers on 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["arch.d_model=32", "arch.nhead=2", "arch.dim_ff=32"]  # + the script's own rows' switches
-
-
-def load(name: str):
-    sys.path.insert(0, str(ROOT / "benchmarks"))  # the scripts import ``common`` by its bare name
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture
-def tiny_root(synth_tiny):
-    return synth_tiny
 
 
 def quick_args(tiny_root, tmp_path, *extra) -> list[str]:
@@ -60,7 +44,7 @@ def check_row(row: dict) -> None:
 
 # ------------------------------------------------------------------------------------------- helpers
 def test_mean_std_and_cells():
-    common = load("common")
+    common = load_benchmark("common")
     assert common.mean_std([1.0, 2.0, 3.0]) == pytest.approx((2.0, 1.0))  # sample std
     m, s = common.mean_std([0.5])
     assert m == 0.5 and math.isnan(s)
@@ -78,7 +62,7 @@ def test_table5_baseline_like_lofr_is_the_baseline():
     from lofr.engine.config import load_config
     from lofr.engine.trainer import build_model, loss_weights
 
-    t5 = load("table5_modules")
+    t5 = load_benchmark("table5_modules")
     cfgs = [load_config("synth-cpu", ["model=baseline"]), load_config("synth-cpu", t5.BASE)]
     models = []
     for cfg in cfgs:
@@ -97,7 +81,7 @@ def test_table5_baseline_like_lofr_is_the_baseline():
 
 
 def test_time_curve_from_hand_made_records(tmp_path):
-    tta = load("time_to_accuracy")
+    tta = load_benchmark("time_to_accuracy")
     recs = [{"epoch": 0, "step": 10, "time_s": 60.0, "val": {"AP": 0.0, "PCK@0.1": 0.2}, "prior": {"PCK@0.1": 0.3}},
             {"epoch": 1, "step": 20, "time_s": 120.0, "val": {"AP": 0.1, "PCK@0.1": 0.4}, "prior": None},
             {"epoch": 2, "step": 30, "time_s": 30.0, "val": {"AP": 0.1, "PCK@0.1": 0.35}}]  # resumed: clock at 0
@@ -114,7 +98,7 @@ def test_time_curve_from_hand_made_records(tmp_path):
 
 # ------------------------------------------------------------------------------------ quick runs
 def test_table5_quick(tiny_root, tmp_path, capsys):
-    t5 = load("table5_modules")
+    t5 = load_benchmark("table5_modules")
     out = t5.main(quick_args(tiny_root, tmp_path))
     assert list(out["rows"]) == list(t5.ROWS)
     for row in out["rows"].values():
@@ -134,7 +118,7 @@ def test_table5_quick(tiny_root, tmp_path, capsys):
 
 
 def test_table6_quick(tiny_root, tmp_path):
-    t6 = load("table6_depths")
+    t6 = load_benchmark("table6_depths")
     out = t6.main(quick_args(tiny_root, tmp_path))
     assert list(out["rows"]) == [f"en{a}-de{b}" for a in (1, 2) for b in (1, 2, 3)]
     assert out["grid"] == {"enc": [1, 2], "dec": [1, 2, 3]}
@@ -146,7 +130,7 @@ def test_table6_quick(tiny_root, tmp_path):
 
 
 def test_table4_quick(tiny_root, tmp_path):
-    t4 = load("table4_semi_weak")
+    t4 = load_benchmark("table4_semi_weak")
     # the tiny set has 21 training instances: 50 % = 10 labelled, enough for one batch of 8
     out = t4.main(quick_args(tiny_root, tmp_path, "--fractions", "0.5", "1.0"))
     assert list(out["rows"]) == ["sup-50", "sup-100", "lofr-50", "lofr-100"]
@@ -165,7 +149,7 @@ def test_table4_quick(tiny_root, tmp_path):
 
 
 def test_table7_quick(tiny_root, tmp_path):
-    t7 = load("table7_response")
+    t7 = load_benchmark("table7_response")
     out = t7.main(quick_args(tiny_root, tmp_path))
     assert list(out["rows"]) == ["baseline", "lofr"]
     for row in out["rows"].values():
@@ -189,7 +173,7 @@ def test_table7_quick(tiny_root, tmp_path):
 
 
 def test_time_to_accuracy_quick(tiny_root, tmp_path):
-    tta = load("time_to_accuracy")
+    tta = load_benchmark("time_to_accuracy")
     # 3 epochs of 2 steps (21 instances, batch 8), one evaluation per epoch
     out = tta.main(quick_args(tiny_root, tmp_path, "--train") + ["max_steps=0", "optim.epochs=3"])
     assert set(out["curves"]) == {"LOFR", "Baseline"}
