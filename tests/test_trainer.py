@@ -384,3 +384,23 @@ def test_plain_cam_model_trains_evaluates_and_reloads(tiny_synth, tmp_path):
     a = evaluate(model, val, batch_size=16, flip_test=True).summary()
     b = evaluate(model, val, batch_size=16, flip_test=True, source="cam").summary()
     assert a["PCK@0.2"] == b["PCK@0.2"] and a["px err"] == pytest.approx(b["px err"])
+
+
+def test_best_checkpoint_breaks_ap_ties_on_pck():
+    """A CPU run's AP is often 0 at every evaluation: best.pt must then follow PCK@0.2 (then PCK@0.1),
+    not stay the first epoch's model."""
+    from lofr.engine.trainer import _best_keys, _improves
+
+    first = {"AP": 0.0, "PCK@0.1": 0.05, "PCK@0.2": 0.20, "px err": 40.0}
+    assert _best_keys(first) == ("AP", "PCK@0.2", "PCK@0.1")
+    best = {"metric": "AP", "value": 0.0, "tiebreak": [0.20, 0.05], "step": 204}
+    assert _improves({**first, "PCK@0.2": 0.30}, best)  # same AP, better PCK@0.2
+    assert _improves({**first, "PCK@0.1": 0.06}, best)  # same AP and PCK@0.2, better PCK@0.1
+    assert not _improves(first, best)  # a tie on everything keeps the earlier checkpoint
+    assert not _improves({**first, "PCK@0.2": 0.9}, {**best, "value": 0.01})  # AP still decides first
+    assert _improves({**first, "AP": 0.02, "PCK@0.2": 0.0}, best)
+    assert _improves(first, None)
+    # a best written before the tie-breakers existed compares on its value alone
+    assert _improves({**first, "AP": 0.01}, {"metric": "AP", "value": 0.0, "step": 1})
+    assert _best_keys({"PCKh": 0.5, "PCK@0.1": 0.1, "PCK@0.2": 0.2}) == ("PCKh", "PCK@0.2", "PCK@0.1")
+    assert _best_keys({"PCK@0.1": 0.1, "PCK@0.2": 0.2, "px err": 9.0}) == ("PCK@0.2", "PCK@0.1")

@@ -403,10 +403,23 @@ def evaluate(model: nn.Module, dataset: TopDownDataset, batch_size: int = 64, fl
     return evaluate_keypoints(dataset.coco.dataset, records, dataset.schema, prior=prior)
 
 
-def _best_key(report: EvalReport) -> str:
-    """The metric that picks best.pt: AP, else MPII's PCKh, else PCK@0.2."""
-    s = report.summary()
-    return "AP" if "AP" in s else "PCKh" if "PCKh" in s else "PCK@0.2"
+def _best_keys(summary: dict) -> tuple[str, ...]:
+    """The metrics that pick best.pt, compared in order: AP (else MPII's PCKh, else PCK@0.2), then
+    PCK@0.2 and PCK@0.1 to break ties. The tie-breakers matter at small budgets: a CPU run's AP is
+    often exactly 0 at every evaluation, and with AP alone best.pt stayed the first epoch's model."""
+    primary = "AP" if "AP" in summary else "PCKh" if "PCKh" in summary else "PCK@0.2"
+    return tuple(dict.fromkeys(k for k in (primary, "PCK@0.2", "PCK@0.1") if k in summary))
+
+
+def _improves(summary: dict, best: dict | None) -> bool:
+    """Whether ``summary`` beats ``best`` (``{"metric", "value", "tiebreak", ...}`` or None) on the
+    :func:`_best_keys` order. A best recorded before the tie-breakers existed compares on its value."""
+    if best is None:
+        return True
+    keys = _best_keys(summary)
+    mine = tuple(float(summary[k]) for k in keys)
+    theirs = (float(best["value"]), *best.get("tiebreak", [-math.inf] * (len(keys) - 1)))
+    return mine > theirs
 
 
 # ============================================================================== training
@@ -643,7 +656,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
         if di.is_main and (due or finished):
             report = evaluate(core, val_ds, cfg.data.eval_batch_size, cfg.data.flip_test, device, amp,
                               prior_pose=prior_pose, results_file=out_dir / "results.json")
-            summary, key = report.summary(), _best_key(report)
+            summary = report.summary()
             record = {"epoch": epoch, "step": step, "epoch_done": epoch_done,
                       "train": {k: v / max(n, 1) for k, v in sums.items()}, "val": summary,
                       "prior": report.prior.summary() if report.prior is not None else None,
@@ -651,9 +664,10 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
             history.append(record)
             run.append("metrics.jsonl", record)
             run.say(_summary_line(epoch, record))
-            value = summary[key]
-            if best is None or value > best["value"]:
-                best = {"metric": key, "value": float(value), "step": step}
+            if _improves(summary, best):
+                key, *ties = _best_keys(summary)
+                best = {"metric": key, "value": float(summary[key]), "tiebreak": [float(summary[k]) for k in ties],
+                        "step": step}
                 save_checkpoint(checkpoint_state(state_epoch), out_dir / "best.pt")
         if di.is_main:
             save_checkpoint(checkpoint_state(state_epoch), out_dir / "last.pt")
