@@ -171,3 +171,54 @@ def test_criterion_missing_terms_raise_and_zero_weights_skip():
         LOFRCriterion(LossWeights(0, 0, 0, 0))(out, {"labels": labels})
     with pytest.raises(KeyError, match=r"targets\['heatmaps'\]"):  # semi-weak without heatmap targets
         LOFRCriterion(LossWeights.semi_weak())(_outputs(), {"labels": labels})
+
+
+def test_mass_matched_heatmaps_hand_case():
+    """Eq. 14's H for LOFR: H_c = R_c * sum(H*_c). A 1x3 map: R = [0.5, 0.25, 0.25], H* = [1, 0.5, 0.5]
+    (mass 2) -> H = [1, 0.5, 0.5] = H*: a response shaped like the target reproduces it."""
+    from lofr.models.losses import mass_matched_heatmaps
+
+    r = torch.tensor([0.5, 0.25, 0.25]).reshape(1, 1, 1, 3)
+    t = torch.tensor([1.0, 0.5, 0.5]).reshape(1, 1, 1, 3)
+    assert torch.allclose(mass_matched_heatmaps(r, t), t)
+    assert heatmap_mse_loss(mass_matched_heatmaps(r, t), t).item() == 0.0
+    with pytest.raises(ValueError, match="must both be"):
+        mass_matched_heatmaps(r, t[..., :2])
+
+
+def test_eq14_spike_in_the_wrong_cell_costs_more_than_a_flat_map():
+    """The shortcut the peak-normalised reading had: a one-cell spike anywhere scored a low MSE. With the
+    mass-matched reading a wrong spike is worse than a flat map, and the right Gaussian is best."""
+    from lofr.models.losses import mass_matched_heatmaps
+
+    h, w = 16, 12
+    yy, xx = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
+    target = torch.exp(-((yy - 5) ** 2 + (xx - 4) ** 2) / (2 * 1.0 ** 2))[None, None]  # peak 1 at (5, 4)
+    flat = torch.full((1, 1, h, w), 1.0 / (h * w))
+    spike = torch.zeros(1, 1, h, w)
+    spike[..., 12, 9] = 1.0
+    good = target / target.sum()
+
+    def mse(r):
+        return heatmap_mse_loss(mass_matched_heatmaps(r, target), target).item()
+
+    assert mse(good) < 1e-12 < mse(flat) < mse(spike)
+    # the old reading (R / max R) ranked the wrong spike far better than the flat map
+    old = lambda r: heatmap_mse_loss(r / r.amax(dim=(-2, -1), keepdim=True), target).item()  # noqa: E731
+    assert old(spike) < old(flat)
+
+
+def test_criterion_reads_lofr_response_mass_matched_and_sup_only_heatmaps_as_they_are():
+    out = _outputs(hw=(4, 3))
+    g = torch.Generator().manual_seed(3)
+    out["response_fused"] = torch.softmax(torch.randn(2, 17, 12, generator=g), -1).reshape(2, 17, 4, 3)
+    target = torch.rand(2, 17, 4, 3, generator=g)
+    targets = {"labels": torch.ones(2, 17), "heatmaps": target, "has_location": torch.ones(2)}
+    from lofr.models.losses import mass_matched_heatmaps
+
+    terms = LOFRCriterion(LossWeights(0, 0, 0, 0, mse=1.0))(out, targets)
+    want = heatmap_mse_loss(mass_matched_heatmaps(out["response_fused"], target), target)
+    assert terms["mse"].item() == pytest.approx(want.item())
+    del out["response_fused"]  # Sup-only has no response maps: its heatmaps are compared directly
+    terms = LOFRCriterion(LossWeights(0, 0, 0, 0, mse=1.0))(out, targets)
+    assert terms["mse"].item() == pytest.approx(heatmap_mse_loss(out["heatmaps"], target).item())

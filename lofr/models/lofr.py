@@ -30,8 +30,9 @@ Choices the paper leaves open (tested in ``tests/test_models_*.py``):
   memory tokens (``enc_head``; off in the baseline);
 * queries: with RePPG the decoder's initial queries are P'_C; without it they are zeros (DETR).
   Both add a learned per-keypoint query embedding (DETR's query_pos) in every decoder layer;
-* heatmaps for Eq. 14: the fused (stride-4) response map of each keypoint divided by its own
-  maximum, so its peak is 1 like a Gaussian target's (no extra head);
+* heatmaps: the fused (stride-4) response map of each keypoint divided by its own maximum (peak 1,
+  for display; no extra head). Eq. 14 does NOT compare these: it scales the fused response by the
+  Gaussian target's mass (``losses.mass_matched_heatmaps``), which a collapsed spike cannot satisfy;
 * predict(): the arg-max of the fused response map, refined by a quarter cell towards the higher
   neighbour (as in SimpleBaseline / HRNet); score = p_c * (1 - 1 / (N max R_c)), with p_c the
   final presence probability, R_c the fused map (summing to 1 over its N cells): the second
@@ -252,7 +253,7 @@ class LOFR(nn.Module):
         cams (B, C, h16, w16) | None CAMs M (Eq. 1);   key_maps [(B, C, h_s, w_s)] | None  F^key
         protos (B, C, d) | None      F_c (Eq. 2);       prototypes (B, C, d)  decoder input queries
         response_maps [(B, C, h_s, w_s)] per scale;  response_fused (B, C, H/s0, W/s0), sums to 1
-        heatmaps (B, C, H/s0, W/s0)  response_fused / its max (peak 1; Eq. 14); s0 = strides[0]
+        heatmaps (B, C, H/s0, W/s0)  response_fused / its max (peak 1, for display); s0 = strides[0]
         part_feats (B, C, d)         F^p (Eq. 11)
         dec_attn (D_De, B, C, L)     every decoder layer's cross-attention (head mean)
         enc_attn None | [(B, D_En, h_s, w_s)]  encoder self-attention of the cell at ``query_point``

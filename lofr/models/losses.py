@@ -3,7 +3,8 @@
 * Eq. 12  :func:`classification_loss`   image-level BCE over the C keypoint classes
 * Eq. 11  :func:`part_diversity_loss`   mean pairwise cosine similarity of the part features
 * Eq. 13  weak loss = α L_cls_cnn + α1 L_cls_en + α2 L_cls_tran + β L_div   (0.2, 0.2, 0.5, 0.1)
-* Eq. 14  :func:`heatmap_mse_loss`      heatmap MSE on the few samples that have locations
+* Eq. 14  :func:`heatmap_mse_loss`      heatmap MSE on the few samples that have locations; LOFR's
+          heatmap is its fused response scaled by the target's mass (:func:`mass_matched_heatmaps`)
 * Eq. 15  semi-weak loss = L_mse + L_weak
 
 :class:`LOFRCriterion` combines them from the model's output dict and the batch's targets and
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LossWeights", "classification_loss", "part_diversity_loss", "heatmap_mse_loss",
+__all__ = ["LossWeights", "classification_loss", "part_diversity_loss", "heatmap_mse_loss", "mass_matched_heatmaps",
            "LOFRCriterion"]
 
 
@@ -120,12 +121,30 @@ def heatmap_mse_loss(heatmaps: torch.Tensor, target: torch.Tensor, target_weight
     return (per_sample * keep).sum() / keep.sum().clamp_min(1.0)
 
 
+def mass_matched_heatmaps(response: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """LOFR's predicted heatmap H for Eq. 14: the fused response map R_c (an attention map, summing to
+    1 over its cells) scaled by the mass of the Gaussian target, H_c = R_c * sum(H*_c).
+
+    The paper does not say how H is read off the attention maps (our choice). A response shaped like
+    the target then reproduces it exactly (H = H*), and the scale is FIXED by the target, not by the
+    prediction: the earlier choice, H_c = R_c / max(R_c), gave every response a peak of 1, so a
+    collapsed one-cell spike anywhere near the joint already scored a low MSE (notebook 07 measured
+    LOFR-WS's queries collapsing onto one cell). Here a spike costs more than a flat map unless it
+    sits where the target is. response, target (B, C, H, W) -> (B, C, H, W)."""
+    if response.shape != target.shape or response.ndim != 4:
+        raise ValueError(f"heatmap loss: response {tuple(response.shape)} and target {tuple(target.shape)} "
+                         "must both be (B, C, H, W)")
+    return response * target.sum(dim=(-2, -1), keepdim=True).to(response.dtype)
+
+
 class LOFRCriterion(nn.Module):
     """Eq. 13 (weak) and Eq. 15 (semi-weak) from the model's outputs and the batch's targets.
 
     outputs (the model's forward dict): ``logits_cnn``, ``logits_enc``, ``logits`` (B, C);
         ``part_feats`` (B, C, d); optional ``logits_per_layer`` (D_De, B, C) for ``aux_dec``;
-        ``heatmaps`` (B, C, H, W) for Eq. 14.
+        for Eq. 14 either ``response_fused`` (B, C, H, W; LOFR's attention maps, each summing to 1:
+        compared through :func:`mass_matched_heatmaps`) or, without it, ``heatmaps`` (B, C, H, W;
+        Sup-only's regression head, compared as it is).
     targets: ``labels`` (B, C) in [0, 1]; for Eq. 14 ``heatmaps`` (B, C, H, W),
         optional ``target_weight`` (B, C) and ``has_location`` (B,).
 
@@ -169,9 +188,12 @@ class LOFRCriterion(nn.Module):
             weak = weak + w.div * terms["div"]
         total = weak
         if w.mse:
-            terms["mse"] = heatmap_mse_loss(self._get(outputs, "heatmaps", "outputs", "mse"),
-                                            self._get(targets, "heatmaps", "targets", "mse"),
-                                            targets.get("target_weight"), targets.get("has_location"))
+            target = self._get(targets, "heatmaps", "targets", "mse")
+            if outputs.get("response_fused") is not None:  # LOFR: attention maps -> Eq. 14 heatmaps
+                pred = mass_matched_heatmaps(outputs["response_fused"], target)
+            else:  # Sup-only: a heatmap regression head
+                pred = self._get(outputs, "heatmaps", "outputs", "mse")
+            terms["mse"] = heatmap_mse_loss(pred, target, targets.get("target_weight"), targets.get("has_location"))
             total = total + w.mse * terms["mse"]
         if not torch.is_tensor(total):
             raise ValueError("no loss term to compute: every weight is zero")
