@@ -36,7 +36,7 @@ __all__ = ["BASE", "MODULES", "with_modules", "TABLE5_ROWS", "CPU_GRID", "FULL_G
 
 # model=lofr configured as the paper's baseline (the same network and loss weights as model=baseline)
 BASE = ["model=lofr", "arch.cam_head=false", "arch.enc_head=false", "arch.use_spe=false", "arch.multi_scale=false",
-        "arch.use_reppg=false", "arch.use_pdc=false", "arch.dec_value=memory"]
+        "arch.use_reppg=false", "arch.use_pdc=false", "arch.dec_value=memory", "arch.dec_key_bias=false"]
 # module -> the overrides that switch it on (with the heads / losses it needs)
 MODULES = {"SPE": ["arch.cam_head=true", "arch.use_spe=true"],
            "MS": ["arch.multi_scale=true", "arch.enc_head=true"],

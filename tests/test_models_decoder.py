@@ -252,3 +252,15 @@ def test_lofr_key_bias_pulls_each_query_to_its_cam_location():
     key, resp = rearrange(key, "b c h w -> b c (h w)"), rearrange(resp, "b c h w -> b c (h w)")
     at_peak = torch.gather(key, 2, resp.argmax(-1, keepdim=True))[..., 0]  # F^key where the response peaks
     assert torch.allclose(at_peak, key.amax(-1), atol=1e-6)  # (a tie of F^key cells is allowed)
+
+
+def test_key_bias_without_spe_is_refused_not_ignored():
+    """dec_key_bias reads SPE's F^key; without SPE there is nothing to bias with, so the config is an
+    error (it used to be silently ignored). The baseline view of such a config drops it."""
+    from lofr.models.lofr import LOFRConfig
+
+    with pytest.raises(ValueError, match="dec_key_bias needs use_spe"):
+        LOFRConfig.cpu_small(dec_key_bias=True, use_spe=False).check()
+    base = LOFRConfig.cpu_small(dec_key_bias=True).as_baseline()
+    assert not base.dec_key_bias
+    base.check()

@@ -154,7 +154,7 @@ class LOFRConfig:
         ``dec_value`` the LOFR config chose)."""
         loss = replace(self.loss, cls_cnn=0.0, cls_enc=0.0, div=0.0)
         return replace(self, cam_head=False, enc_head=False, use_spe=False, multi_scale=False, use_reppg=False,
-                       use_pdc=False, dec_value="memory", loss=loss)
+                       use_pdc=False, dec_value="memory", dec_key_bias=False, loss=loss)
 
     def loss_weights(self) -> LossWeights:
         """``loss`` with the terms of switched-off modules zeroed (no CNN logits without the CAM
@@ -171,6 +171,9 @@ class LOFRConfig:
     def check(self) -> None:
         if not self.cam_head and (self.use_spe or self.use_reppg):
             raise ValueError("LOFRConfig: use_spe and use_reppg need the CAM head (cam_head=True)")
+        if self.dec_key_bias and not self.use_spe:
+            raise ValueError("LOFRConfig: dec_key_bias needs use_spe=True (it biases the decoder with SPE's "
+                             "location maps F^key, Eq. 3, which only exist with SPE)")
         if self.dec_value not in ("memory", "local"):
             raise ValueError(f"LOFRConfig: dec_value must be 'memory' or 'local', got {self.dec_value!r}")
         if self.cam_pool not in ("gap", "lse"):
@@ -296,7 +299,7 @@ class LOFR(nn.Module):
         self.enc_classifier = nn.Linear(d, c) if cfg.enc_head else None
         self.reppg = RePPG(self.schema, d, cfg.reppg_layers) if cfg.use_reppg else None
         self.query_embed = nn.Parameter(torch.randn(c, d) * 0.02)  # DETR's query_pos
-        self.key_bias_scale = nn.Parameter(torch.ones(())) if cfg.dec_key_bias and cfg.use_spe else None
+        self.key_bias_scale = nn.Parameter(torch.ones(())) if cfg.dec_key_bias else None
         self.decoder = PoseDecoder(d, cfg.nhead, cfg.dec_layers, cfg.dim_ff, cfg.dropout,
                                    self_attn=cfg.dec_self_attn, num_keypoints=c, logits_from=cfg.dec_logits)
 
