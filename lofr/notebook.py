@@ -15,14 +15,16 @@ Artefacts a later notebook needs are cached there and recomputed when missing, s
 also runs on its own:
 
 * :func:`cached_train` trains a config once (``lofr.engine.trainer.train``) into
-  ``cache/<name>-<hash of the resolved config>/`` and reloads its checkpoint on reruns; a changed
-  config (e.g. someone retuned ``synth-cpu.yaml``) gets a new hash and is trained afresh;
+  ``cache/<name>-<hash of the resolved config and of the training code>/`` and reloads its
+  checkpoint on reruns; a changed config (e.g. someone retuned ``synth-cpu.yaml``) or changed model /
+  loss / data / trainer code gets a new hash and is trained afresh;
 * :func:`cached_result` does the same for any picklable result of a function (e.g. the label-leak
   probe), keyed by a dict of its parameters.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -152,9 +154,27 @@ def setup(seed: int = 0, profile: str | None = None, data_root=None, cache_dir=N
 
 
 # ------------------------------------------------------------------------------------ caching
+# the modules whose code decides what a training run produces (model, losses, data, trainer)
+CODE_FILES = ("models/*.py", "engine/*.py", "data/topdown.py", "data/transforms.py", "data/schemas.py")
+
+
+@functools.lru_cache(maxsize=None)
+def code_fingerprint() -> str:
+    """10 hex digits of the source of the modules that decide what a run trains (``CODE_FILES``):
+    a cached model trained by older code must not be reloaded as if the current code had made it."""
+    pkg = Path(__file__).resolve().parent
+    h = hashlib.sha1()
+    for pattern in CODE_FILES:
+        for f in sorted(pkg.glob(pattern)):
+            h.update(f.relative_to(pkg).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:10]
+
+
 def config_key(cfg: TrainConfig) -> str:
-    """10 hex digits identifying a resolved config (its YAML-able dict, keys sorted)."""
-    blob = json.dumps(config_dict(cfg), sort_keys=True, default=str)
+    """10 hex digits identifying a resolved config (its YAML-able dict, keys sorted) AND the code that
+    trains it (:func:`code_fingerprint`): editing the model, the losses, the data pipeline or the
+    trainer retrains the notebooks' cached models instead of silently reusing stale ones."""
+    blob = json.dumps(config_dict(cfg), sort_keys=True, default=str) + code_fingerprint()
     return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
 

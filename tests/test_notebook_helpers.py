@@ -9,7 +9,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import pytest
+from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 from lofr.data.transforms import normalize_image  # noqa: E402
@@ -83,6 +84,33 @@ def test_setup_config_applies_seed_and_overrides(nb_setup):
     assert cfg.seed == 3 and cfg.optim.lr == 0.5 and cfg.name == "x" and cfg.max_steps == 300
     assert config_key(cfg) != config_key(nb_setup.config("optim.lr=0.25", name="x"))
     assert config_key(cfg) == config_key(nb_setup.config("optim.lr=0.5", name="x"))
+
+
+def test_config_key_changes_with_the_training_code(nb_setup, tmp_path, monkeypatch):
+    """A cached model trained by older model / loss / data / trainer code is not reused: the code's
+    fingerprint is part of the key (it covers the files that decide a run, e.g. losses.py)."""
+    import lofr.notebook as nb
+
+    cfg = nb_setup.config(name="x")
+    before, fp = config_key(cfg), nb.code_fingerprint()
+    assert len(fp) == 10 and fp == nb.code_fingerprint()  # deterministic
+    pkg = tmp_path / "lofr"
+    for pattern in nb.CODE_FILES:  # a copy of the package's training code, then one edit to it
+        for f in Path(nb.__file__).resolve().parent.glob(pattern):
+            dst = pkg / f.relative_to(Path(nb.__file__).resolve().parent)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(f.read_bytes())
+    (pkg / "notebook.py").write_text("")
+    monkeypatch.setattr(nb, "__file__", str(pkg / "notebook.py"))
+    nb.code_fingerprint.cache_clear()
+    try:
+        assert nb.code_fingerprint() == fp and config_key(cfg) == before  # same code, same key
+        losses = pkg / "models" / "losses.py"
+        losses.write_text(losses.read_text() + "\n# edited\n")
+        nb.code_fingerprint.cache_clear()
+        assert nb.code_fingerprint() != fp and config_key(cfg) != before
+    finally:
+        nb.code_fingerprint.cache_clear()
 
 
 def test_cached_result_computes_once_per_params(tmp_path):
