@@ -125,6 +125,33 @@ def test_label_is_zero_when_augmentation_moves_keypoint_out_of_the_crop(tiny_coc
     assert head["target_weight"][LA] == 0 and head["heatmaps"][LA].sum() == 0
 
 
+def test_annotation_label_rule_ignores_the_crop_but_keeps_location_targets_honest(tiny_coco):
+    """labels='annotation' (strictly location-free): a joint cut out of the crop by augmentation stays
+    labelled present (deciding otherwise needs its coordinates); the heatmap target weight still says
+    there is nothing to regress inside the crop. Half-body augmentation (picks its crop from the
+    coordinates) is refused with that rule, in the dataset and in the config."""
+    d = ds(tiny_coco, labels="annotation")
+    i = by_ann(d, 10)
+    r = d.records[i]
+    head = d.get(i, CropParams(np.array([80.0, 25.0]), r.scale * 0.35))
+    assert head["labels"][LA] == 1 and head["labels"].sum() == 17
+    assert head["target_weight"][LA] == 0 and head["visible"][LA] == 0 and head["heatmaps"][LA].sum() == 0
+    crop_rule = ds(tiny_coco).get(i, CropParams(np.array([80.0, 25.0]), r.scale * 0.35))
+    assert crop_rule["labels"][LA] == 0 and torch.equal(crop_rule["image"], head["image"])
+    with pytest.raises(ValueError, match="half-body"):
+        ds(tiny_coco, labels="annotation", train=True, aug=AugConfig(half_body_prob=0.3))
+    ds(tiny_coco, labels="annotation", train=True, aug=AugConfig(half_body_prob=0.0))
+    with pytest.raises(ValueError, match="labels must be one of"):
+        ds(tiny_coco, labels="visible")
+
+    from lofr.config_utils import ConfigError
+    from lofr.engine.config import load_config
+
+    with pytest.raises(ConfigError, match="half_body_prob=0"):
+        load_config("synth-cpu", ["data.labels=annotation"])
+    assert load_config("synth-cpu", ["data.labels=annotation", "data.aug.half_body_prob=0"]).data.labels == "annotation"
+
+
 def test_heatmap_peaks_at_the_keypoint(tiny_coco):
     d = ds(tiny_coco, input_size=(64, 48), heatmap_stride=4)
     s = d[0]

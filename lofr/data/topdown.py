@@ -6,8 +6,16 @@ One sample = one annotated person: its box becomes a crop (padding 1.25 at the i
 wrist") next to the locations (keypoints, heatmaps) that only the evaluation and the semi-weak
 setting (Sec. 4.3.2) use.
 
-Label rule: ``labels[c] = 1`` iff keypoint c is annotated (v > 0) AND lies inside the crop after
-augmentation, i.e. 0 <= x < W and 0 <= y < H in input pixels.
+Label rule (``labels=``): ``"crop"`` (default, as mmpose's target weights and, we assume, the paper's
+pipeline): ``labels[c] = 1`` iff keypoint c is annotated (v > 0) AND lies inside the crop after
+augmentation, i.e. 0 <= x < W and 0 <= y < H in input pixels. Note what that costs a location-free
+claim: deciding "inside" needs the keypoint's coordinates, so augmentation that cuts joints out of the
+crop (scale, rotation, and half-body, which picks its crop FROM the coordinates) turns the labels into
+a weak location signal (on SynthPose at 64x48 with the synth-cpu augmentation: 10 % of the annotated
+joints of a training crop, in 28 % of the crops, are labelled absent this way). ``"annotation"``
+is the strict reading: ``labels[c] = 1`` iff c is annotated, whatever the augmentation did; half-body
+augmentation is then refused (it needs coordinates). Evaluation crops are not augmented, so both rules
+give the same validation labels.
 
 Filling (``fill=``) what the crop shows outside the image, and why it matters for LOFR: a model
 that only gets "is there a left ankle?" can learn the shortcut "black padding at the bottom => no
@@ -48,6 +56,7 @@ __all__ = ["AugConfig", "CropParams", "TopDownDataset", "load_rgb", "mean_pose_p
 log = logging.getLogger("lofr.data")
 
 FILLS = ("zeros", "edge", "leakfree")
+LABEL_RULES = ("crop", "annotation")
 collate = default_collate  # every field of a sample is a tensor or a number: the default suffices
 
 
@@ -165,6 +174,8 @@ class TopDownDataset(Dataset):
         heatmap_stride, sigma: Gaussian heatmap targets; sigma None = 2 at a 48-wide heatmap,
             scaled with the heatmap width.
         fill: "zeros" | "edge" | "leakfree" (see the module docstring).
+        labels: "crop" (annotated and inside the augmented crop) | "annotation" (annotated; strictly
+            location-free, no half-body augmentation); see the module docstring.
         on_bad: "raise" (default) or "skip" (bad instances counted in ``report`` and skipped;
             unreadable images at load time replaced by the next sample).
         labelled_fraction: None = every instance has locations (``has_location`` = 1); f in
@@ -183,7 +194,8 @@ class TopDownDataset(Dataset):
     def __init__(self, ann_file, img_dir, schema: str | KeypointSchema = "coco", input_size=(256, 192),
                  train: bool = False, aug: AugConfig | None = None, heatmap_stride: int = 4,
                  sigma: float | None = None, fill: str = "leakfree", on_bad: str = "raise",
-                 labelled_fraction: float | None = None, seed: int = 0, with_person_mask: bool | str = False):
+                 labelled_fraction: float | None = None, seed: int = 0, with_person_mask: bool | str = False,
+                 labels: str = "crop"):
         self.ann_file, self.img_dir = Path(ann_file), Path(img_dir)
         try:
             self.schema = get_schema(schema)
@@ -191,6 +203,12 @@ class TopDownDataset(Dataset):
             raise DataError(str(e), file=self.ann_file) from e
         if fill not in FILLS:
             raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
+        if labels not in LABEL_RULES:
+            raise ValueError(f"labels must be one of {LABEL_RULES}, got {labels!r}")
+        self.label_rule = labels
+        if labels == "annotation" and train and (aug or AugConfig()).half_body_prob > 0:
+            raise ValueError("labels='annotation' (strictly location-free) refuses half-body augmentation: it picks "
+                             "the crop from the keypoint coordinates; set aug.half_body_prob=0")
         if on_bad not in ("raise", "skip"):
             raise ValueError(f"on_bad must be 'raise' or 'skip', got {on_bad!r}")
         self.input_size = (int(input_size[0]), int(input_size[1]))
@@ -412,9 +430,10 @@ class TopDownDataset(Dataset):
     def get(self, index: int, params: CropParams | None = None, rng: np.random.Generator | None = None) -> dict:
         """Sample ``index`` under crop ``params`` (drawn with ``rng`` when not given):
 
-        image (3, H, W) ImageNet-normalised; labels (C,) image-level labels (v > 0 and inside the
-        crop); keypoints (C, 2) input pixels (0 where v = 0; labelled but outside the crop keeps its
-        coordinate); visible = target_weight = labels; visibility (C,) raw v (after the flip swap);
+        image (3, H, W) ImageNet-normalised; labels (C,) image-level labels (``labels`` rule: v > 0
+        and inside the crop, or v > 0); keypoints (C, 2) input pixels (0 where v = 0; labelled but
+        outside the crop keeps its coordinate); visible = target_weight = v > 0 and inside the crop
+        (what the heatmap loss can use); visibility (C,) raw v (after the flip swap);
         heatmaps (C, H/stride, W/stride); has_location (); meta: center, scale, rotation, flipped,
         image_id, ann_id, bbox, area, index. A crop point p maps back to the image by
         ``crop_to_image(p', center, scale, rotation, input_size)`` with p' = (W - x, y) if flipped.
@@ -439,18 +458,19 @@ class TopDownDataset(Dataset):
             kp, v = kp[self.schema.flip_index], v[self.schema.flip_index]
         in_h, in_w = out_hw
         inside_crop = (kp[:, 0] >= 0) & (kp[:, 0] < in_w) & (kp[:, 1] >= 0) & (kp[:, 1] < in_h)
-        labels = ((v > 0) & inside_crop).astype(np.float32)  # (C,) image-level category labels
+        located = ((v > 0) & inside_crop).astype(np.float32)  # (C,) annotated and in the crop
+        labels = located if self.label_rule == "crop" else (v > 0).astype(np.float32)  # image-level labels
         kp = np.where((v > 0)[:, None], kp, 0.0).astype(np.float32)
-        heatmaps = gaussian_heatmaps(kp, labels, out_hw, self.heatmap_stride, self.sigma)
+        heatmaps = gaussian_heatmaps(kp, located, out_hw, self.heatmap_stride, self.sigma)
 
         sample = {
             "image": normalize_image(crop),
             "labels": torch.from_numpy(labels),
             "keypoints": torch.from_numpy(kp),
-            "visible": torch.from_numpy(labels.copy()),
+            "visible": torch.from_numpy(located.copy()),
             "visibility": torch.from_numpy(v.astype(np.float32)),
             "heatmaps": torch.from_numpy(heatmaps),
-            "target_weight": torch.from_numpy(labels.copy()),
+            "target_weight": torch.from_numpy(located.copy()),
             "has_location": torch.tensor(rec.has_location, dtype=torch.float32),
             "meta": {
                 "center": torch.as_tensor(p.center, dtype=torch.float32),

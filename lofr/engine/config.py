@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from lofr.config_utils import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 from lofr.data.synth import DEFAULT_TRAIN, DEFAULT_VAL
-from lofr.data.topdown import FILLS, AugConfig
+from lofr.data.topdown import FILLS, LABEL_RULES, AugConfig
 from lofr.models.lofr import LOFRConfig
 from lofr.models.losses import LossWeights
 
@@ -47,6 +47,9 @@ class DataConfig:
     input_size: (H, W) of the network input, e.g. (256, 192).
     fill: what the crop shows outside the image, "zeros" | "edge" | "leakfree" (training only;
         evaluation crops use "edge": nothing is replaced there). See ``lofr.data.topdown``.
+    labels: the image-level label rule, "crop" (annotated AND inside the augmented crop: needs the
+        coordinates) | "annotation" (annotated; strictly location-free, needs aug.half_body_prob 0).
+        See ``lofr.data.topdown``.
     labelled_fraction: None = fully supervised locations available; f = only round(f N) training
         instances keep their locations (paper Sec. 4.3.2; ``has_location``), drawn with the run's seed.
     workers: DataLoader worker processes (0 = load in the training process).
@@ -68,6 +71,7 @@ class DataConfig:
     schema: str = "coco"
     input_size: tuple[int, int] = (256, 192)
     fill: Literal["zeros", "edge", "leakfree"] = "leakfree"
+    labels: Literal["crop", "annotation"] = "crop"
     on_bad: Literal["raise", "skip"] = "raise"
     labelled_fraction: float | None = None
     aug: AugConfig = field(default_factory=AugConfig)
@@ -159,6 +163,11 @@ class TrainConfig:
             raise ConfigError(f"data.input_size must be (H, W), multiples of 16, got {list(d.input_size)}")
         if d.fill not in FILLS:
             raise ConfigError(f"data.fill must be one of {list(FILLS)}, got {d.fill!r}")
+        if d.labels not in LABEL_RULES:
+            raise ConfigError(f"data.labels must be one of {list(LABEL_RULES)}, got {d.labels!r}")
+        if d.labels == "annotation" and d.aug.half_body_prob > 0:
+            raise ConfigError("data.labels=annotation (strictly location-free) needs data.aug.half_body_prob=0: "
+                              "half-body augmentation picks its crop from the keypoint coordinates")
         if d.labelled_fraction is not None and not 0.0 <= d.labelled_fraction <= 1.0:
             raise ConfigError(f"data.labelled_fraction must be in [0, 1], got {d.labelled_fraction}")
         if not 0.0 <= d.oks_nms_thr <= 1.0:

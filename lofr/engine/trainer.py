@@ -248,7 +248,7 @@ def build_datasets(cfg: TrainConfig, train: bool = True, val: bool = True):
         train_ann = ensure_coco(train_ann, root / d.train_img) if train else train_ann
         val_ann = ensure_coco(val_ann, root / d.val_img, root / d.mpii_gt_mat if d.mpii_gt_mat else None) \
             if val else val_ann
-    train_ds = TopDownDataset(train_ann, root / d.train_img, train=True, aug=d.aug,
+    train_ds = TopDownDataset(train_ann, root / d.train_img, train=True, aug=d.aug, labels=d.labels,
                               labelled_fraction=d.labelled_fraction, seed=cfg.seed, **common) if train else None
     val_ds = TopDownDataset(val_ann, root / d.val_img, train=False, **common) if val else None
     return train_ds, val_ds
