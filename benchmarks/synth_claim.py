@@ -17,10 +17,11 @@ PCK_prior) at 0.1 and 0.2 (the analogue of the paper's LOFR / Sup-only AP ratio)
     python benchmarks/synth_claim.py                       # the synth-cpu main job (~15 min, 2 cores)
     python benchmarks/synth_claim.py --set optim.epochs=6  # any config override, for every model
     python benchmarks/synth_claim.py --checkpoint-dir runs/synth_claim   # evaluate trained runs
+    python benchmarks/synth_claim.py --models lofr --seeds 0 1 2     # mean ± std over 3 training seeds
     python benchmarks/synth_claim.py --quick               # a smoke run: a few steps each
 
-Runs go to ``--runs-dir/{lofr,baseline,sup}`` (``lofr train``'s layout: last.pt, metrics.jsonl, ...);
-``--checkpoint-dir`` reads ``<dir>/<model>/last.pt`` from such a folder.
+Runs go to ``--runs-dir/{lofr,baseline,sup}`` (``lofr train``'s layout: last.pt, metrics.jsonl, ...;
+``.../<model>/seed<k>`` with several ``--seeds``); ``--checkpoint-dir`` reads the same layout.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import format_cell, mean_std  # noqa: E402
 MODELS = {  # row key -> (model overrides, label)
     "baseline": (["model=baseline"], "Baseline"),
     "lofr": (["model=lofr"], "LOFR"),
@@ -56,6 +59,28 @@ def git_commit() -> str:
                               check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def seed_dir(base: Path, key: str, seed: int, n_seeds: int, loading: bool = False) -> Path:
+    """Where one run lives: ``<base>/<key>`` for a single seed (``lofr train``'s layout), else
+    ``<base>/<key>/seed<k>``; when loading a single seed, ``<base>/<key>/seed<k>`` if only that exists."""
+    flat, nested = base / key, base / key / f"seed{seed}"
+    if n_seeds > 1:
+        return nested
+    if loading and not (flat / "last.pt").exists() and (nested / "last.pt").exists():
+        return nested
+    return flat
+
+
+def mean_timing(runs: list[dict]) -> dict:
+    """The timing dicts of one row's seeds -> one: train_s / images_per_s / eval_s averaged, the rest
+    from the first run."""
+    out = dict(runs[0])
+    out.pop("seed", None)
+    for k in ("train_s", "images_per_s", "eval_s"):
+        if all(k in r for r in runs):
+            out[k] = round(sum(r[k] for r in runs) / len(runs), 1)
+    return out
 
 
 def row_metrics(report) -> dict:
@@ -77,8 +102,10 @@ def recovered_gain(rows: dict, key: str = "lofr") -> dict:
     return out
 
 
-def format_table(rows: dict, timing: dict) -> str:
-    """The markdown table of every row, then the recovered-gain ratios."""
+def format_table(rows: dict, timing: dict, stds: dict | None = None) -> str:
+    """The markdown table of every row (``mean ± std`` over seeds where ``stds`` has the row), then the
+    recovered-gain ratios (of the means)."""
+    stds = stds or {}
     cols = ["PCK@0.1", "PCK@0.2", "px err", "AP", "AP50", "AR"] + [f"{g} PCK@0.1" for g in GROUPS] \
         + [f"{g} PCK@0.2" for g in GROUPS]
     lines = ["| model | " + " | ".join(cols) + " | train s | img/s |", "|---" * (len(cols) + 3) + "|"]
@@ -86,7 +113,8 @@ def format_table(rows: dict, timing: dict) -> str:
         if key not in rows:
             continue
         r, t = rows[key], timing.get(key, {})
-        cells = [f"{r[c]:.1f}" if c == "px err" else f"{r[c]:.3f}" for c in cols]
+        sd = stds.get(key, {})
+        cells = [format_cell(r[c], sd.get(c, float("nan")), 1 if c == "px err" else 3) for c in cols]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {t.get('train_s', '')} | {t.get('images_per_s', '')} |")
     if all(k in rows for k in ("prior", "sup")):
         for key in ("lofr", "baseline", "cam"):
@@ -102,7 +130,11 @@ def main(argv=None) -> dict:
     p.add_argument("--config", default="synth-cpu", help="config name or YAML path (default synth-cpu)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every model")
     p.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS), help="which to train/load")
-    p.add_argument("--checkpoint-dir", help="load <dir>/<model>/last.pt instead of training")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0],
+                   help="training seeds (default 0); several give mean ± std (sample std) per cell.\n"
+                        "Runs: <runs-dir>/<model> for one seed, <runs-dir>/<model>/seed<k> for several")
+    p.add_argument("--checkpoint-dir", help="load <dir>/<model>/last.pt (or <dir>/<model>/seed<k>/last.pt) "
+                                            "instead of training")
     p.add_argument("--runs-dir", default=str(ROOT / "runs" / "synth_claim"), help="where training writes")
     p.add_argument("--results-dir", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--data-root", help="dataset root (default: the config's; SynthPose)")
@@ -118,45 +150,55 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
     common = list(args.set) + (QUICK if args.quick else []) + ([f"data.root={args.data_root}"] if args.data_root else [])
-    rows, timing, reports = {}, {}, {}
-    val_ds = prior = None
+    per_seed: dict[str, list[dict]] = {}  # row key -> one row_metrics per seed
+    timing, val_ds, prior = {}, None, None
     for key in args.models:
         extra, label = MODELS[key]
-        cfg = load_config(args.config, common + extra)
-        run_dir = Path(args.checkpoint_dir if args.checkpoint_dir else args.runs_dir) / key
-        if args.checkpoint_dir:
-            model, cfg = load_model(run_dir / "last.pt")
-            timing[key] = {}
-        else:
+        for seed in args.seeds:
+            cfg = load_config(args.config, common + extra + [f"seed={seed}"])
+            run_dir = seed_dir(Path(args.checkpoint_dir or args.runs_dir), key, seed, len(args.seeds),
+                               loading=bool(args.checkpoint_dir))
+            t = {"seed": seed}
+            if args.checkpoint_dir:
+                model, cfg = load_model(run_dir / "last.pt")
+            else:
+                t0 = time.perf_counter()
+                res = train(cfg, run_dir, overwrite=True, progress=False)
+                t.update(train_s=round(time.perf_counter() - t0, 1), steps=res["step"], batch=cfg.optim.batch_size,
+                         evals_in_training=len(res["history"]))
+                model, _ = load_model(res["last"])
+            if val_ds is None:
+                train_ds, val_ds = build_datasets(cfg)
+                prior_pose = mean_pose_prior(train_ds)
             t0 = time.perf_counter()
-            res = train(cfg, run_dir, overwrite=True, progress=False)
-            wall = time.perf_counter() - t0
-            model, _ = load_model(res["last"])
-            timing[key] = {"train_s": round(wall, 1), "steps": res["step"], "batch": cfg.optim.batch_size,
-                           "evals_in_training": len(res["history"])}
-        if val_ds is None:
-            train_ds, val_ds = build_datasets(cfg)
-            prior_pose = mean_pose_prior(train_ds)
-        t0 = time.perf_counter()
-        report = evaluate(model, val_ds, cfg.data.eval_batch_size, cfg.data.flip_test, prior_pose=prior_pose)
-        eval_s = time.perf_counter() - t0
-        if "train_s" in timing[key]:  # train() evaluated every eval_every epochs: leave that out of the rate
-            t = timing[key]
-            t["images_per_s"] = round(t["steps"] * t["batch"] / max(t["train_s"] - t["evals_in_training"] * eval_s,
-                                                                   1e-9), 1)
-        timing[key]["eval_s"] = round(eval_s, 1)
-        rows[key], reports[key] = row_metrics(report), report
-        if prior is None:
-            prior = row_metrics(report.prior)
-        if key == "lofr":
-            rows["cam"] = row_metrics(evaluate(model, val_ds, cfg.data.eval_batch_size, cfg.data.flip_test,
-                                               source="cam"))
-        print(f"{label}: PCK@0.1 {rows[key]['PCK@0.1']:.3f}  PCK@0.2 {rows[key]['PCK@0.2']:.3f}  "
-              f"px err {rows[key]['px err']:.1f}  {timing[key]}", flush=True)
+            report = evaluate(model, val_ds, cfg.data.eval_batch_size, cfg.data.flip_test, prior_pose=prior_pose)
+            eval_s = time.perf_counter() - t0
+            if "train_s" in t:  # train() evaluated every eval_every epochs: leave that out of the rate
+                t["images_per_s"] = round(t["steps"] * t["batch"] / max(t["train_s"] - t["evals_in_training"] * eval_s,
+                                                                       1e-9), 1)
+            t["eval_s"] = round(eval_s, 1)
+            timing.setdefault(key, []).append(t)
+            per_seed.setdefault(key, []).append(row_metrics(report))
+            if prior is None:
+                prior = row_metrics(report.prior)
+            if key == "lofr":
+                per_seed.setdefault("cam", []).append(row_metrics(
+                    evaluate(model, val_ds, cfg.data.eval_batch_size, cfg.data.flip_test, source="cam")))
+            r = per_seed[key][-1]
+            print(f"{label} (seed {seed}): PCK@0.1 {r['PCK@0.1']:.3f}  PCK@0.2 {r['PCK@0.2']:.3f}  "
+                  f"px err {r['px err']:.1f}  {t}", flush=True)
+    rows, stds = {}, {}
+    for key, runs in per_seed.items():
+        stats = {c: mean_std([r[c] for r in runs]) for c in runs[0]}
+        rows[key] = {c: m for c, (m, _) in stats.items()}
+        stds[key] = {c: sd for c, (_, sd) in stats.items()}
     rows["prior"] = prior
+    timing = {key: mean_timing(ts) for key, ts in timing.items()}
     wall = time.perf_counter() - t_start
 
-    table = format_table(rows, timing)
+    table = format_table(rows, timing, stds)
+    if len(args.seeds) > 1:
+        table += f"\n\nmean ± sample std over seeds {args.seeds} (the prior has no seed)"
     gains = {k: recovered_gain(rows, k) for k in ("lofr", "baseline", "cam") if k in rows} \
         if "sup" in rows else {}
     machine = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -168,7 +210,8 @@ def main(argv=None) -> dict:
     command = "python " + " ".join(shlex.quote(a) for a in [
         "benchmarks/synth_claim.py", *(sys.argv[1:] if argv is None else argv)])
     out = {"command": command, "commit": git_commit(), "machine": machine, "wall_s": round(wall, 1),
-           "config": args.config, "overrides": common, "rows": rows, "timing": timing, "recovered_gain": gains,
+           "config": args.config, "overrides": common, "seeds": args.seeds, "rows": rows, "std": stds,
+           "per_seed": per_seed, "timing": timing, "recovered_gain": gains,
            "table": table}
     results = Path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)

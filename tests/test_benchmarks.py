@@ -43,3 +43,34 @@ def test_quick_run_writes_one_table(tiny_root, tmp_path, capsys):
                         "--results-dir", str(tmp_path / "again"), "--threads", "1", "--set", *tiny])
     assert again["rows"]["lofr"] == pytest.approx(out["rows"]["lofr"], nan_ok=True)
     assert "train_s" not in again["timing"]["lofr"]
+
+
+def test_seed_dirs_and_timing_mean():
+    from pathlib import Path
+
+    bench = load_benchmark("synth_claim")
+    assert bench.seed_dir(Path("r"), "lofr", 0, 1) == Path("r/lofr")  # lofr train's layout for one seed
+    assert bench.seed_dir(Path("r"), "lofr", 2, 3) == Path("r/lofr/seed2")
+    t = bench.mean_timing([{"seed": 0, "train_s": 10.0, "images_per_s": 100.0, "eval_s": 1.0, "steps": 5},
+                           {"seed": 1, "train_s": 20.0, "images_per_s": 50.0, "eval_s": 2.0, "steps": 5}])
+    assert t == {"train_s": 15.0, "images_per_s": 75.0, "eval_s": 1.5, "steps": 5}
+
+
+def test_quick_run_over_two_seeds_reports_mean_and_std(tiny_root, tmp_path):
+    bench = load_benchmark("synth_claim")
+    tiny = ["arch.d_model=32", "arch.nhead=2", "arch.dec_layers=1", "arch.dim_ff=32"]
+    out = bench.main(["--quick", "--data-root", str(tiny_root), "--runs-dir", str(tmp_path / "runs"),
+                      "--results-dir", str(tmp_path / "results"), "--threads", "1", "--models", "lofr",
+                      "--seeds", "0", "1", "--set", *tiny])
+    assert (tmp_path / "runs" / "lofr" / "seed0" / "last.pt").is_file()
+    assert (tmp_path / "runs" / "lofr" / "seed1" / "last.pt").is_file()
+    assert set(out["rows"]) == {"prior", "lofr", "cam"} and len(out["per_seed"]["lofr"]) == 2
+    for key in ("lofr", "cam"):
+        vals = [r["PCK@0.2"] for r in out["per_seed"][key]]
+        assert out["rows"][key]["PCK@0.2"] == pytest.approx(sum(vals) / 2)
+        assert not math.isnan(out["std"][key]["PCK@0.2"])
+    assert "±" in out["table"] and "seeds [0, 1]" in out["table"]
+    # the same layout loads back
+    again = bench.main(["--checkpoint-dir", str(tmp_path / "runs"), "--data-root", str(tiny_root), "--results-dir",
+                        str(tmp_path / "results2"), "--models", "lofr", "--seeds", "0", "1", "--quick"])
+    assert again["rows"]["lofr"]["PCK@0.2"] == pytest.approx(out["rows"]["lofr"]["PCK@0.2"])
