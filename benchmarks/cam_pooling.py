@@ -11,8 +11,16 @@ stride 8 (64x48 crops).
     gap-s8    the stride-8 map, GAP
     lse-s8    the stride-8 map, log-sum-exp pooling r = 5 (``arch.cam_pool=lse``)
     lse20-s8  the stride-8 map, r = 20 (close to global max pooling)
+    lse-s8-nohb     lse-s8 without half-body augmentation (``data.aug.half_body_prob=0``)
+    lse-s8-strict   lse-s8-nohb with the strictly location-free label rule (``data.labels=annotation``:
+                    a joint is "present" when annotated, even if augmentation cut it out of the crop)
 
-    python benchmarks/cam_pooling.py                 # 4 rows x 1 seed, the synth-cpu budget (~10-15 min, 2 cores)
+The last two rows measure how much of a weak model's localisation comes from locations leaking into the
+labels: with the default rule (``data.labels=crop``, as mmpose's target weights) a joint that
+augmentation moved out of the crop is labelled absent — which needs its coordinates — and half-body
+augmentation picks its crop from the coordinates (``lofr.data.topdown``).
+
+    python benchmarks/cam_pooling.py                 # 6 rows x 1 seed, the synth-cpu budget (~15-20 min, 2 cores)
     python benchmarks/cam_pooling.py --seeds 0 1 2
     python benchmarks/cam_pooling.py --quick         # smoke run: 2 steps per row
 
@@ -35,6 +43,11 @@ ROWS = {
                                           "arch.cam_lse_r=5"]),
     "lse20-s8": ("CAM, stride 8, LSE r=20", ["model=cam", "arch.cam_stride=8", "arch.cam_pool=lse",
                                              "arch.cam_lse_r=20"]),
+    "lse-s8-nohb": ("CAM, stride 8, LSE r=5, no half-body", ["model=cam", "arch.cam_stride=8", "arch.cam_pool=lse",
+                                                             "arch.cam_lse_r=5", "data.aug.half_body_prob=0"]),
+    "lse-s8-strict": ("CAM, stride 8, LSE r=5, no half-body, strict labels",
+                      ["model=cam", "arch.cam_stride=8", "arch.cam_pool=lse", "arch.cam_lse_r=5",
+                       "data.aug.half_body_prob=0", "data.labels=annotation"]),
 }
 COLUMNS = ("PCK@0.1", "PCK@0.2", "px err", "AP")
 GROUPS = ("face", "arms", "legs")
@@ -69,7 +82,9 @@ def format_table(rows: dict) -> str:
 
 NOTES = """\
 `model=cam`: LOFR's CNN branch alone (`lofr.models.PlainCAM`), trained with the image-level BCE only; keypoint =
-CAM arg-max. Same config, budget and crops for every row; group columns = PCK@0.1 of face / arms / legs."""
+CAM arg-max. Same config, budget and crops for every row; group columns = PCK@0.1 of face / arms / legs.
+"no half-body" / "strict labels": see the script's docstring — with the default label rule, augmentation turns
+the image-level labels into a weak location signal (`lofr.data.topdown`)."""
 
 
 def main(argv=None) -> dict:

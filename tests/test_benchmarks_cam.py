@@ -12,14 +12,16 @@ def test_cam_pooling_quick(tiny_root, tmp_path):
     root = tiny_root
     mod = load_benchmark("cam_pooling")
     out = mod.main(["--quick", "--data-root", str(root), "--runs-dir", str(tmp_path / "runs"),
-                    "--results-dir", str(tmp_path / "results"), "--threads", "1", "--rows", "gap-s16", "lse-s8"])
-    assert list(out["rows"]) == ["gap-s16", "lse-s8"]
+                    "--results-dir", str(tmp_path / "results"), "--threads", "1", "--rows", "gap-s16", "lse-s8",
+                    "lse-s8-strict"])
+    assert list(out["rows"]) == ["gap-s16", "lse-s8", "lse-s8-strict"]
     for row in out["rows"].values():
         assert 0.0 <= row["mean"]["PCK@0.2"] <= 1.0
         extra = next(iter(row["extra"].values()))
         assert set(extra["groups"]) == {"face", "arms", "legs"} and "PCK@0.1" in extra["prior"]
     md = (tmp_path / "results" / "cam_pooling.md").read_text()
-    for text in ("CAM, stride 16, GAP (paper)", "CAM, stride 8, LSE r=5", "mean-pose prior", "face PCK@0.1"):
+    for text in ("CAM, stride 16, GAP (paper)", "CAM, stride 8, LSE r=5", "strict labels", "mean-pose prior",
+                 "face PCK@0.1"):
         assert text in md
     written = json.loads((tmp_path / "results" / "cam_pooling.json").read_text())
     assert written["command"].startswith("python benchmarks/cam_pooling.py --quick") and "commit" in written
