@@ -5,9 +5,10 @@ keypoint locations, drawn with the run's seed; the others only have image-level 
 
     Sup-only  ``model=sup-only data.labelled_fraction=f loss.mse=1``: the backbone + a heatmap head,
               trained with the heatmap MSE (Eq. 14) on the labelled instances only
-    LOFR-WS   ``model=lofr data.labelled_fraction=f loss.mse=1``: LOFR on every instance with Eq. 15,
-              L_semi-weak = L_mse^sup + L_weak (the MSE's weight is 1 in the paper: ``loss.mse``), the
-              weak terms keeping the config's weights (Eq. 13)
+    LOFR-WS   ``model=lofr data.labelled_fraction=f loss.mse=1000``: LOFR on every instance with Eq. 15,
+              L_semi-weak = w L_mse^sup + L_weak, the weak terms keeping the config's weights (Eq. 13);
+              w = 1000, not the paper's 1 (``lofr.semi``: with our attention-map H, w = 1 made the
+              MSE's gradient 5e-5 of the weak losses')
 
 f = 100 % is the fully supervised reference ("ALL"). Same config (``synth-cpu``), backbone and input for
 every row. Budget: LOFR-WS trains the config's epochs over all N instances; Sup-only sees only
@@ -26,16 +27,15 @@ one table per metric, methods x fractions, as the paper's.
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import begin, finish, format_cell, markdown_table, run_rows, training_parser  # noqa: E402
 
+from lofr.semi import METHODS, sup_only_budget  # noqa: E402
+
 FRACTIONS = (0.05, 0.10, 0.25, 1.0)
-METHODS = {"sup": ("Sup-only", ["model=sup-only", "loss.mse=1.0"]),
-           "lofr": ("LOFR-WS (Eq. 15)", ["model=lofr", "loss.mse=1.0"])}
 COLUMNS = ("PCK@0.1", "PCK@0.2", "px err", "AP")
 
 
@@ -44,24 +44,18 @@ def pct(f: float) -> str:
 
 
 def equal_steps(config: str, common: list[str], fraction: float) -> list[str]:
-    """Overrides that give Sup-only at ``fraction`` as many optimiser steps as LOFR-WS: epochs =
-    ceil(LOFR's steps / Sup-only's steps per epoch), max_steps = LOFR's steps."""
+    """Overrides that give Sup-only at ``fraction`` as many optimiser steps as LOFR-WS, on a schedule as
+    long as LOFR-WS's (``lofr.semi.sup_only_budget``, which notebook 07 uses too)."""
     from lofr.engine.config import load_config
     from lofr.engine.trainer import build_datasets
 
     cfg = load_config(config, list(common) + ["model=lofr"])
     train_ds, _ = build_datasets(cfg, val=False)
-    n, b = len(train_ds), cfg.optim.batch_size
-    steps = cfg.optim.epochs * (n // b)
-    steps = min(steps, cfg.max_steps) if cfg.max_steps else steps
-    per_epoch = int(round(fraction * n)) // b
-    if per_epoch == 0:  # let the trainer say why (batch larger than the labelled set)
-        return []
-    return [f"optim.epochs={max(1, math.ceil(steps / per_epoch))}", f"max_steps={steps}"]
+    return sup_only_budget(len(train_ds), fraction, cfg.optim.batch_size, cfg.optim.epochs, cfg.max_steps)
 
 
 def build_rows(fractions, config: str, common: list[str], sup_budget: str) -> dict:
-    """{"<method>-<pct>": (label, overrides)} for every method and fraction."""
+    """{"<method>-<pct>": (label, overrides)} for every method (``lofr.semi.METHODS``) and fraction."""
     rows = {}
     for method, (label, extra) in METHODS.items():
         for f in fractions:
@@ -88,8 +82,9 @@ def format_table(rows: dict, fractions) -> str:
 
 NOTES = """\
 Sup-only = `model=sup-only data.labelled_fraction=f loss.mse=1` (heatmap MSE on the labelled instances
-only); LOFR-WS = `model=lofr data.labelled_fraction=f loss.mse=1` (Eq. 15: L_mse^sup with weight 1 +
-the weak loss of Eq. 13 on every instance). The labelled subset is drawn with the run's seed.
+only); LOFR-WS = `model=lofr data.labelled_fraction=f loss.mse=1000` (Eq. 15: L_mse^sup, LOFR's fused
+response scaled by the target's mass, with weight 1000 — see `lofr.semi` — + the weak loss of Eq. 13 on
+every instance). The labelled subset is drawn with the run's seed.
 SynthPose val, ground-truth boxes, flip test; PCK of the box diagonal."""
 
 

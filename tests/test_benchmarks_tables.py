@@ -138,6 +138,7 @@ def test_table4_quick(tiny_root, tmp_path):
         check_row(row)
     sup = out["rows"]["sup-50"]
     assert "data.labelled_fraction=0.5" in sup["overrides"] and "loss.mse=1.0" in sup["overrides"]
+    assert "loss.mse=1000" in out["rows"]["lofr-50"]["overrides"]  # lofr.semi.LOFR_WS_MSE_WEIGHT
     assert sup["timing"][0]["steps"] == out["rows"]["lofr-50"]["timing"][0]["steps"] == 2  # equal steps
     _, md = check_written(tmp_path, "table4_semi_weak", ["Sup-only", "LOFR-WS (Eq. 15)", "**PCK@0.1**", "**AP**"])
     assert header(md) == ["method", "50 %", "100 % (ALL)"]

@@ -46,10 +46,10 @@ def test_row_overrides_load_as_configs():
     assert sup == ["model=sup-only", "loss.mse=1.0", "data.labelled_fraction=0.25", "optim.epochs=40",
                    "max_steps=200"]
     ws = row_overrides("lofr", 0.25, 6541, 32, 10, max_steps=200)
-    assert ws == ["model=lofr", "loss.mse=1.0", "data.labelled_fraction=0.25"]
-    for o in (sup, ws):
+    assert ws == ["model=lofr", "loss.mse=1000", "data.labelled_fraction=0.25"]
+    for o, weight in ((sup, 1.0), (ws, 1000.0)):
         cfg = load_config("synth-cpu", o)
-        assert cfg.data.labelled_fraction == 0.25 and cfg.loss.mse == 1.0
+        assert cfg.data.labelled_fraction == 0.25 and cfg.loss.mse == weight
     with pytest.raises(ValueError, match="method"):
         row_overrides("all", 0.1, 100, 32, 1)
 
