@@ -130,7 +130,10 @@ def mass_matched_heatmaps(response: torch.Tensor, target: torch.Tensor) -> torch
     prediction: the earlier choice, H_c = R_c / max(R_c), gave every response a peak of 1, so a
     collapsed one-cell spike anywhere near the joint already scored a low MSE (notebook 07 measured
     LOFR-WS's queries collapsing onto one cell). Here a spike costs more than a flat map unless it
-    sits where the target is. response, target (B, C, H, W) -> (B, C, H, W)."""
+    sits where the target is. The price of a fixed scale: an attention map's per-pixel values are
+    ~1/N, so the MSE and its gradient are small, and Eq. 15 needs a weight well above the paper's 1 for
+    this term to matter (``lofr.semi.LOFR_WS_MSE_WEIGHT`` = 1000, measured there).
+    response, target (B, C, H, W) -> (B, C, H, W)."""
     if response.shape != target.shape or response.ndim != 4:
         raise ValueError(f"heatmap loss: response {tuple(response.shape)} and target {tuple(target.shape)} "
                          "must both be (B, C, H, W)")
