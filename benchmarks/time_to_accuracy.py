@@ -7,8 +7,10 @@ against ``time_s`` / 60, one line per run, the prior as a dashed line. By defaul
 synth_claim.py (``runs/synth_claim/{lofr,baseline,sup}``, those that exist); ``--train`` trains LOFR and
 the Baseline first (the config as it is, ``eval_every`` from the config: synth-cpu evaluates every epoch).
 
-A resumed run restarts ``time_s`` at 0: a record whose time is below its predecessor's is shifted by the
-predecessor's time (the minutes between that evaluation and the interruption are lost).
+The trainer's ``time_s`` counts on across a resume (from the last evaluation before the interruption;
+the minutes between that evaluation and the interruption are not counted). Runs written by older
+trainers restarted it at 0: a record whose time is below its predecessor's is shifted by the
+predecessor's time.
 
     python benchmarks/time_to_accuracy.py                                  # plot runs/synth_claim/*
     python benchmarks/time_to_accuracy.py --runs runs/a/lofr runs/b/lofr --labels A B

@@ -315,6 +315,8 @@ def test_resume_is_bit_for_bit(tiny_synth, tmp_path):
     assert load_checkpoint(tmp_path / "split" / "last.pt")["step"] == k
     train(cfg(total), tmp_path / "split", resume=True, progress=False)
     assert_same_weights(weights(tmp_path / "straight" / "last.pt"), weights(tmp_path / "split" / "last.pt"), 1e-6)
+    times = [json.loads(line)["time_s"] for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert len(times) >= 2 and times == sorted(times)  # the clock counts on across the resume
     straight = load_checkpoint(tmp_path / "straight" / "last.pt")["optimizer"]["state"]
     split = load_checkpoint(tmp_path / "split" / "last.pt")["optimizer"]["state"]
     for k in straight:

@@ -619,7 +619,8 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
                 "epoch": epoch, "step": step, "rng": rng_state(), "config": config_dict(cfg),
                 "metrics": history, "best": best, "num_keypoints": core.num_keypoints, "model_kind": cfg.model}
 
-    t0 = time.perf_counter()
+    # time_s in metrics.jsonl counts on across a resume, from the last evaluation the run recorded
+    t0 = time.perf_counter() - float(history[-1].get("time_s", 0.0) if history else 0.0)
     while step < last_step:
         epoch, skip = divmod(step, spe)
         batches.set_epoch(epoch, skip)
