@@ -406,3 +406,31 @@ def test_best_checkpoint_breaks_ap_ties_on_pck():
     assert _improves({**first, "AP": 0.01}, {"metric": "AP", "value": 0.0, "step": 1})
     assert _best_keys({"PCKh": 0.5, "PCK@0.1": 0.1, "PCK@0.2": 0.2}) == ("PCKh", "PCK@0.2", "PCK@0.1")
     assert _best_keys({"PCK@0.1": 0.1, "PCK@0.2": 0.2, "px err": 9.0}) == ("PCK@0.2", "PCK@0.1")
+
+
+def test_dead_attention_is_measured_and_named():
+    """attention_qk_scales finds every encoder / decoder attention layer; a layer whose query / key
+    projections decayed to ~0 (what Adam's L2 weight decay did on synth-cpu) is named in a warning."""
+    from lofr.engine.trainer import _dead_attention_warning, attention_qk_scales
+    from lofr.models.lofr import LOFR, LOFRConfig
+
+    torch.manual_seed(0)
+    model = LOFR(17, LOFRConfig.cpu_small())
+    scales = attention_qk_scales(model)
+    assert any(n.startswith("encoder") for n in scales) and any(n.startswith("decoder") for n in scales)
+    assert all(v > 1.0 for v in scales.values())  # alive at initialisation
+    assert _dead_attention_warning(scales, "adam") is None
+    name = next(n for n in scales if n.startswith("decoder") and "cross" in n)
+    with torch.no_grad():
+        model.get_submodule(name).q_proj.weight.mul_(1e-4)
+    scales = attention_qk_scales(model)
+    assert scales[name] < 1e-2
+    msg = _dead_attention_warning(scales, "adam")
+    assert name in msg and "adamw" in msg
+    assert "adamw" not in _dead_attention_warning(scales, "adamw")  # no advice to switch to what is in use
+
+
+def test_metrics_record_the_smallest_attention_scale(tiny_synth, tmp_path):
+    train(tiny_cfg(tiny_synth, "max_steps=2"), tmp_path / "r", progress=False)
+    rec = json.loads((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert rec["attn_qk_min"] > 0
