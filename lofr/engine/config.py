@@ -91,6 +91,11 @@ class OptimConfig:
     """Optimiser and schedule. Defaults = the paper's Sec. 4.2 (Adam, lr 4e-3, weight decay 1e-4,
     the transformer's lr divided by 10).
 
+    optimizer: "adam" (the paper's: weight decay as an L2 term inside Adam) or "adamw" (decoupled
+        decay). Beware "adam" when training attention from scratch: Adam normalises the L2 term too,
+        so weights whose loss gradient is weaker than the decay shrink by ~lr per step; on synth-cpu it
+        zeroed the decoder's query / key projections (``trainer.attention_qk_scales``, which the
+        trainer records as ``attn_qk_min`` and warns about).
     batch_size is the GLOBAL batch: under DDP each of the W processes gets batch_size / W.
     transformer_lr_mult: lr factor for everything but the CNN (see ``trainer.param_groups``).
     warmup_steps: linear warm-up from ``warmup_factor`` * lr to lr over the first steps.
