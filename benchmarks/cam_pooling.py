@@ -22,6 +22,8 @@ augmentation picks its crop from the coordinates (``lofr.data.topdown``).
 
     python benchmarks/cam_pooling.py                 # 6 rows x 1 seed, the synth-cpu budget (~15-20 min, 2 cores)
     python benchmarks/cam_pooling.py --seeds 0 1 2
+    python benchmarks/cam_pooling.py --rows lse-s8 lse-s8-nohb lse-s8-strict --seeds 0 1 2 \
+        --results-name cam_pooling_label_leak --runs-dir runs/cam_pooling_label_leak
     python benchmarks/cam_pooling.py --quick         # smoke run: 2 steps per row
 
 Runs go to ``--runs-dir/<row>/seed<k>``; writes ``benchmarks/results/cam_pooling.{json,md}``.
@@ -90,10 +92,12 @@ the image-level labels into a weak location signal (`lofr.data.topdown`)."""
 def main(argv=None) -> dict:
     p = training_parser(__doc__, "cam_pooling")
     p.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
+    p.add_argument("--results-name", default="cam_pooling", help="results file stem (default cam_pooling), e.g. "
+                                                                 "to keep a seeds run of some rows beside the table")
     args = p.parse_args(argv)
     t_start, common = begin(args)
     rows = run_rows({k: ROWS[k] for k in args.rows}, args, common, per_model=per_model)
-    return finish("cam_pooling", "Plain CAM on SynthPose: receptive field and pooling", "benchmarks/cam_pooling.py",
+    return finish(args.results_name, "Plain CAM on SynthPose: receptive field and pooling", "benchmarks/cam_pooling.py",
                   argv, args, t_start, format_table(rows), NOTES, overrides=common, rows=rows)
 
 

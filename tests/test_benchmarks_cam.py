@@ -23,5 +23,8 @@ def test_cam_pooling_quick(tiny_root, tmp_path):
     for text in ("CAM, stride 16, GAP (paper)", "CAM, stride 8, LSE r=5", "strict labels", "mean-pose prior",
                  "face PCK@0.1"):
         assert text in md
+    again = mod.main(["--checkpoint-dir", str(tmp_path / "runs"), "--data-root", str(root), "--results-dir",
+                      str(tmp_path / "results"), "--rows", "lse-s8", "--results-name", "leak", "--quick"])
+    assert list(again["rows"]) == ["lse-s8"] and (tmp_path / "results" / "leak.md").is_file()
     written = json.loads((tmp_path / "results" / "cam_pooling.json").read_text())
     assert written["command"].startswith("python benchmarks/cam_pooling.py --quick") and "commit" in written
