@@ -35,7 +35,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (begin, finish, format_cell, markdown_table, metrics_of, run_rows,  # noqa: E402
+from common import (begin, finish, format_cell, markdown_table, mean_std, metrics_of, run_rows,  # noqa: E402
                     train_seconds, training_parser)
 
 ROWS = {
@@ -70,11 +70,11 @@ def format_table(rows: dict) -> str:
     headers = ["row", *COLUMNS, *[f"{g} PCK@0.1" for g in GROUPS], "train s"]
     lines = []
     for row in rows.values():
-        extra = next(iter(row["extra"].values()), {})
+        per_seed = [e.get("groups", {}) for e in row["extra"].values()]
+        groups = [mean_std([gr[g] for gr in per_seed if g in gr]) for g in GROUPS]  # over seeds, like the rest
         lines.append([row["label"], *[format_cell(row["mean"][c], row["std"][c], 1 if c == "px err" else 3)
                                       for c in COLUMNS],
-                      *[format_cell(extra.get("groups", {}).get(g, float("nan"))) for g in GROUPS],
-                      train_seconds(row)])
+                      *[format_cell(m, sd) for m, sd in groups], train_seconds(row)])
     prior = next((e["prior"] for r in rows.values() for e in r["extra"].values() if "prior" in e), None)
     if prior:
         lines.append(["mean-pose prior (no model)", *[format_cell(prior[c], digits=1 if c == "px err" else 3)
