@@ -31,7 +31,6 @@ import json
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,7 +39,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import format_cell, mean_std  # noqa: E402
+from common import format_cell, git_commit, mean_std  # noqa: E402
 MODELS = {  # row key -> (model overrides, label)
     "baseline": (["model=baseline"], "Baseline"),
     "lofr": (["model=lofr"], "LOFR"),
@@ -51,14 +50,6 @@ ORDER = [("prior", "mean-pose prior"), ("cam", "CAM argmax"), ("baseline", "Base
 QUICK = ["optim.epochs=1", "max_steps=2", "optim.batch_size=8", "optim.warmup_steps=1", "data.workers=0",
          "data.eval_batch_size=16"]
 GROUPS = ("face", "arms", "legs")
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def seed_dir(base: Path, key: str, seed: int, n_seeds: int, loading: bool = False) -> Path:
