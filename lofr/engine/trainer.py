@@ -492,8 +492,8 @@ def attention_qk_scales(model: nn.Module) -> dict[str, float]:
     uniform response maps; ``optim.optimizer=adamw`` (decoupled decay) keeps them at ~6."""
     out = {}
     for name, m in model.named_modules():
-        q, k = (getattr(m, "w_q", None), getattr(m, "w_k", None)) if hasattr(m, "w_q") else \
-            (getattr(m, "q_proj", None), getattr(m, "k_proj", None))
+        q = getattr(m, "w_q", None) or getattr(m, "q_proj", None)  # encoder / decoder attention
+        k = getattr(m, "w_k", None) or getattr(m, "k_proj", None)
         if isinstance(q, nn.Linear) and isinstance(k, nn.Linear):
             out[name] = float(q.weight.detach().norm() * k.weight.detach().norm())
     return out
