@@ -191,7 +191,7 @@ def format_cell(mean: float, std: float = float("nan"), digits: int = 3, sign: b
     return s if std is None or math.isnan(std) else f"{s} ± {std:.{digits}f}"
 
 
-def _run_dir(base: Path, key: str, seed: int, loading: bool) -> Path:
+def run_dir(base: Path, key: str, seed: int, loading: bool) -> Path:
     """<base>/<key>/seed<seed>; when loading, synth_claim.py's <base>/<key> if only that exists."""
     d = Path(base) / key / f"seed{seed}"
     if loading and not (d / "last.pt").exists() and (Path(base) / key / "last.pt").exists():
@@ -219,11 +219,11 @@ def run_rows(rows: dict, args, common: list[str], per_model=None, log=print) -> 
             cfg = load_config(args.config, list(common) + list(extra) + [f"seed={seed}"])
             timing = {}
             if args.checkpoint_dir:
-                path = _run_dir(Path(args.checkpoint_dir), key, seed, loading=True) / "last.pt"
+                path = run_dir(Path(args.checkpoint_dir), key, seed, loading=True) / "last.pt"
                 model, cfg = load_model(path, pick_device(cfg.device))
             else:
                 t0 = time.perf_counter()
-                res = train(cfg, _run_dir(Path(args.runs_dir), key, seed, loading=False), overwrite=True,
+                res = train(cfg, run_dir(Path(args.runs_dir), key, seed, loading=False), overwrite=True,
                             progress=False)
                 timing = {"train_s": round(time.perf_counter() - t0, 1), "steps": res["step"],
                           "batch": cfg.optim.batch_size, "evals_in_training": len(res["history"])}
