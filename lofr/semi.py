@@ -14,7 +14,8 @@ The weight w = :data:`LOFR_WS_MSE_WEIGHT` (1000) is ours, not the paper's 1. LOF
 fused response map, an attention map summing to 1 over its N cells, scaled by the target's mass
 (``losses.mass_matched_heatmaps``): per-pixel errors are ~1/N, and with w = 1 the MSE's gradient was
 5e-5 of the weak losses' at initialisation (notebook 07 measures it), so Eq. 15 was Eq. 13 in all but
-name. Measured on SynthPose (synth-cpu, 612 steps, 25 % labelled; PCK@0.1 / PCK@0.2): w = 100
+name. Measured on SynthPose (synth-cpu with the paper's Adam + L2, before it moved to AdamW; 612 steps,
+25 % labelled; PCK@0.1 / PCK@0.2): w = 100
 0.347 / 0.677, 1000 0.425 / 0.712, 10000 0.423 / 0.706 (5 % labelled: 1000 0.322 / 0.662, 10000
 0.363 / 0.688). Sup-only's loss is the MSE alone, so its weight only rescales what Adam normalises.
 

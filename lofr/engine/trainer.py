@@ -138,7 +138,8 @@ def param_groups(model: nn.Module, optim) -> list[dict]:
     of 10"). "cnn" at ``optim.lr``: the backbone and the CAM head. "transformer" at
     ``optim.lr * optim.transformer_lr_mult``: everything else — the input projections, position /
     level / query embeddings, SPE, the encoder and its classifier, RePPG and the decoder.
-    Sup-only is all CNN. Weight decay ``optim.weight_decay`` everywhere (Adam's L2, as the paper)."""
+    Sup-only is all CNN. Weight decay ``optim.weight_decay`` everywhere: an L2 term inside Adam (the
+    paper's, ``optim.optimizer=adam``) or decoupled (``adamw``, ``synth-cpu``'s)."""
     if isinstance(model, SupOnly):
         groups = [{"name": "cnn", "params": list(model.parameters()), "lr": optim.lr}]
     else:
