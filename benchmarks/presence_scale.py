@@ -39,11 +39,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cam_pooling import ROWS as CAM_ROWS  # noqa: E402
 from common import (begin, finish, format_cell, markdown_table, run_dir, run_rows, train_seconds,  # noqa: E402
                     training_parser)
 
-MODEL = ["model=cam", "arch.cam_stride=8", "arch.cam_pool=lse", "arch.cam_lse_r=5", "data.aug.half_body_prob=0",
-         "data.labels=annotation", "eval_every=0"]
+MODEL = [*CAM_ROWS["lse-s8-strict"][1], "eval_every=0"]  # that row's model and labels, evaluated only at the end
 COLUMNS = ("PCK@0.1", "PCK@0.2", "px err")
 
 
@@ -138,12 +138,12 @@ def main(argv=None) -> dict:
     small = default_root(args)
     big = big_root(small, args.big_train, args.big_root)
     val = [f"data.val_ann={small / 'annotations' / 'person_keypoints_val2017.json'}", f"data.val_img={small / 'val2017'}"]
+    batch = load_config(args.config, [*common, *MODEL]).optim.batch_size
     rows, info = {}, {}
     for key, root in (("5k", small), ("big", big)):
         ann = root / "annotations" / "person_keypoints_train2017.json"
         records = TopDownDataset(ann, root / "train2017", labels="annotation").records
-        cfg = load_config(args.config, [*common, *MODEL])
-        budget = ["log_every=1"] if args.quick else steps_overrides(len(records), cfg.optim.batch_size, args.steps)
+        budget = ["log_every=1"] if args.quick else steps_overrides(len(records), batch, args.steps)
         n_images = len({r.image_id for r in records})
         label = "default SynthPose" if key == "5k" else f"SynthPose, {args.big_train:,} training images"
         rows[key] = (label, [*MODEL, f"data.root={root}", *val, *budget])
