@@ -703,8 +703,8 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
             history.append(record)
             run.append("metrics.jsonl", record)
             run.say(_summary_line(epoch, record))
-            warning = _dead_attention_warning(scales, o.optimizer)
-            if warning and not warned_dead:  # shown with the progress bars (lofr train), logged at INFO
+            warning = None if warned_dead else _dead_attention_warning(scales, o.optimizer)
+            if warning:  # shown with the progress bars (lofr train), logged at INFO
                 run.say(warning)
                 warned_dead = True
             if _improves(summary, best):
