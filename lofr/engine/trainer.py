@@ -1,4 +1,12 @@
-"""Training and evaluation loops (paper Sec. 4.2): ``train(cfg, out_dir)``, ``evaluate``, ``predict_records``.
+"""The training loop (paper Sec. 4.2): ``train(cfg, out_dir)``, ``train_step``, the lr schedule, DDP.
+
+The rest of the training API lives beside it, one job per module, and is re-exported here so that
+``from lofr.engine.trainer import ...`` keeps working: ``lofr.engine.models`` (``build_model``,
+``SupOnly``, ``loss_weights``, ``param_groups``, ``load_model``), ``lofr.engine.sampling``
+(``build_datasets``, ``SeededSamples``, ``EpochBatches``, ``sample_seed``),
+``lofr.engine.evaluation`` (``evaluate``, ``predict_records``, ``records_to_results``),
+``lofr.engine.resume`` (loading and checking ``last.pt``) and ``lofr.engine.diagnostics``
+(``attention_qk_scales``, the dead-attention warning).
 
 One run = one folder::
 
@@ -41,229 +49,33 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 import yaml
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader
 
 from lofr.config_utils import ConfigError
-from lofr.data.schemas import KeypointSchema, get_schema
-from lofr.data.topdown import TopDownDataset, collate, mean_pose_prior
-from lofr.data.transforms import crop_to_image
-from lofr.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from lofr.engine.config import TrainConfig, config_dict, lofr_config
-from lofr.engine.runtime import autocast, init_distributed, pick_device, rng_state, seed_everything, set_rng_state
-from lofr.eval import (evaluate_keypoints, mean_pose_records, predictions_to_coco_results, write_results)
-from lofr.eval.report import EvalReport
-from lofr.models.backbone import Backbone
-from lofr.models.lofr import LOFR, Baseline, PlainCAM, decode_response_maps, normalise_cams
+from lofr.data.topdown import collate, mean_pose_prior
+from lofr.engine.checkpoint import save_checkpoint
+from lofr.engine.config import TrainConfig, config_dict
+# what is imported here and not used is re-exported (see the module docstring)
+from lofr.engine.diagnostics import attention_qk_scales, dead_attention_warning
+from lofr.engine.evaluation import _maps_and_probs, evaluate, predict_records, records_to_results  # noqa: F401
+from lofr.engine.models import SupOnly, build_model, load_model, loss_weights, param_groups  # noqa: F401
+from lofr.engine.resume import resume_state
+from lofr.engine.runtime import autocast, init_distributed, pick_device, rng_state, seed_everything
+from lofr.engine.sampling import (EpochBatches, SeededSamples, _data_root, _train_indices,  # noqa: F401
+                                  build_datasets, sample_seed)
+from lofr.models.lofr import LOFR
 from lofr.models.losses import LOFRCriterion, LossWeights
 
 __all__ = ["train", "evaluate", "predict_records", "records_to_results", "build_model", "build_datasets",
            "loss_weights", "param_groups", "lr_factor", "SupOnly", "SeededSamples", "EpochBatches",
-           "sample_seed", "load_model", "train_step"]
+           "sample_seed", "load_model", "train_step", "attention_qk_scales"]
 
 log = logging.getLogger("lofr.train")
-
-
-# ============================================================================== models
-class SupOnly(nn.Module):
-    """Table 4's "Sup-only": the backbone + a heatmap head, trained with the heatmap MSE (Eq. 14) on
-    the instances that have locations only.
-
-    The paper re-implements SimpleBaseline / HRNet here. Our head (a choice): the backbone's
-    stride-4, 8 and 16 maps, each 1x1-projected to ``hidden`` channels, upsampled (bilinear) to the
-    stride-4 grid and summed, then conv3x3-BN-ReLU and a 1x1 conv to C heatmaps. So it sees the same
-    backbone depth as LOFR (for ResNet-50: up to layer3) and predicts on LOFR's stride-4 grid.
-
-    forward(images (B, 3, H, W)) -> {"heatmaps": (B, C, H/4, W/4)}
-    predict(images) -> {"keypoints" (B, C, 2) input pixels, "scores" (B, C) = heatmap peak in [0, 1]}
-    """
-
-    def __init__(self, num_keypoints: int, backbone: str = "resnet50", pretrained: bool = False,
-                 hidden: int = 128, schema: str | KeypointSchema | None = None):
-        super().__init__()
-        self.num_keypoints = num_keypoints
-        self.schema = get_schema(schema) if schema is not None else None
-        self.backbone = Backbone(backbone, pretrained)  # strides 4, 8, 16
-        self.strides = [4]
-        self.lateral = nn.ModuleList(nn.Conv2d(c, hidden, 1) for c in self.backbone.channels)
-        self.head = nn.Sequential(
-            nn.Conv2d(hidden, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, num_keypoints, 1))
-        nn.init.normal_(self.head[-1].weight, std=0.001)  # SimpleBaseline's init of the final layer
-        nn.init.zeros_(self.head[-1].bias)
-
-    def forward(self, images: torch.Tensor) -> dict:
-        maps = self.backbone(images)  # [(B, c_s, H/s, W/s)] for s = 4, 8, 16
-        size = maps[0].shape[-2:]
-        x = sum(F.interpolate(lat(m), size=size, mode="bilinear", align_corners=False) if m.shape[-2:] != size
-                else lat(m) for lat, m in zip(self.lateral, maps))  # (B, hidden, H/4, W/4)
-        return {"heatmaps": self.head(x)}  # (B, C, H/4, W/4)
-
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor, refine: bool = True) -> dict:
-        heatmaps = self(images)["heatmaps"]
-        keypoints, _ = decode_response_maps(heatmaps, self.strides[0], refine)
-        return {"keypoints": keypoints, "scores": heatmaps.amax(dim=(-2, -1)).clamp(0.0, 1.0)}
-
-
-def build_model(cfg: TrainConfig, num_keypoints: int | None = None) -> nn.Module:
-    """The model ``cfg.model`` names, configured by ``cfg.arch`` / ``cfg.data`` / ``cfg.loss``."""
-    lcfg = lofr_config(cfg, num_keypoints)
-    if cfg.model == "lofr":
-        return LOFR(config=lcfg)
-    if cfg.model == "baseline":
-        return Baseline(config=lcfg)
-    if cfg.model == "cam":
-        return PlainCAM(config=lcfg)
-    if cfg.model == "sup-only":
-        return SupOnly(lcfg.num_keypoints, lcfg.backbone, lcfg.pretrained, schema=lcfg.schema)
-    raise ConfigError(f"model must be 'lofr', 'baseline', 'cam' or 'sup-only', got {cfg.model!r}")
-
-
-def loss_weights(cfg: TrainConfig, model: nn.Module) -> LossWeights:
-    """The criterion's weights: ``cfg.loss`` with the terms of switched-off modules zeroed (Baseline:
-    final BCE only); Sup-only: the heatmap MSE alone (weight ``cfg.loss.mse``, 1 when that is 0)."""
-    if isinstance(model, SupOnly):
-        return LossWeights(cls_cnn=0.0, cls_enc=0.0, cls_final=0.0, div=0.0, aux_dec=0.0, mse=cfg.loss.mse or 1.0)
-    return model.config.loss_weights()
-
-
-def param_groups(model: nn.Module, optim) -> list[dict]:
-    """Optimiser groups (paper Sec. 4.2: "the learning rate of transformer is decreased by a factor
-    of 10"). "cnn" at ``optim.lr``: the backbone and the CAM head. "transformer" at
-    ``optim.lr * optim.transformer_lr_mult``: everything else — the input projections, position /
-    level / query embeddings, SPE, the encoder and its classifier, RePPG and the decoder.
-    Sup-only is all CNN. Weight decay ``optim.weight_decay`` everywhere: an L2 term inside Adam (the
-    paper's, ``optim.optimizer=adam``) or decoupled (``adamw``, ``synth-cpu``'s)."""
-    if isinstance(model, SupOnly):
-        groups = [{"name": "cnn", "params": list(model.parameters()), "lr": optim.lr}]
-    else:
-        cnn, rest = model.param_groups(optim.lr, optim.transformer_lr_mult, optim.weight_decay)
-        groups = [{"name": "cnn", **cnn}, {"name": "transformer", **rest}]
-    for g in groups:
-        g["weight_decay"] = optim.weight_decay
-        g["initial_lr"] = g["lr"]
-    return [g for g in groups if g["params"]]
-
-
-def load_model(path, device: str | torch.device = "cpu") -> tuple[nn.Module, TrainConfig]:
-    """A model and its TrainConfig from a checkpoint written by :func:`train` (``last.pt`` /
-    ``best.pt``), in eval mode. Raises CheckpointError for files that are not such checkpoints."""
-    from lofr.engine.config import load_config
-
-    state = load_checkpoint(path, map_location="cpu")
-    for key in ("model", "config"):
-        if key not in state:
-            raise CheckpointError(f"checkpoint {path} has no {key!r}: not written by lofr.engine.train")
-    cfg = load_config(state["config"])
-    cfg.arch = {**cfg.arch, "pretrained": False}  # the weights come from the checkpoint
-    model = build_model(cfg, state.get("num_keypoints"))
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), cfg
-
-
-# ============================================================================== data
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """The seed of sample ``index`` in ``epoch``: a hash of the three (numpy's SeedSequence)."""
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0] >> 1)
-
-
-class SeededSamples(Dataset):
-    """``dataset[(epoch, index)]`` = ``dataset[index]`` drawn with torch's RNG seeded by
-    ``sample_seed(seed, epoch, index)`` inside ``torch.random.fork_rng`` (so the caller's RNG state is
-    left as it was). Makes each augmented sample reproducible whatever process or worker loads it.
-
-    (TopDownDataset draws its crop parameters from torch's global RNG in ``__getitem__``; a
-    ``seed=`` argument there would make this wrapper unnecessary.)"""
-
-    def __init__(self, dataset: Dataset, seed: int):
-        self.dataset, self.seed = dataset, seed
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: tuple[int, int]) -> dict:
-        epoch, index = key
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, epoch, index))
-            return self.dataset[index]
-
-
-class EpochBatches(Sampler):
-    """Batch sampler over ``indices`` (the dataset indices to train on) for one process of W.
-
-    Epoch e's order is ``DistributedSampler(shuffle=True, seed=seed, drop_last=True)`` at epoch e:
-    one permutation from ``torch.Generator().manual_seed(seed + e)``, rank r taking every W-th
-    entry; then ``batch_size`` (per process) consecutive entries per step, incomplete batches
-    dropped. So step s of rank r holds permutation entries r + W k, k in [s b, (s + 1) b): the union
-    over ranks is the global batch perm[s G : (s + 1) G], G = W b, the same as with W = 1.
-    Yields lists of ``(epoch, index)`` keys for :class:`SeededSamples`. ``set_epoch(e, skip)``
-    chooses the epoch and how many of its first steps to leave out (resume)."""
-
-    def __init__(self, indices, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
-        self.indices = list(indices)
-        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
-        self.epoch, self.skip = 0, 0
-        self.steps_per_epoch = (len(self.indices) // world_size) // batch_size
-
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        self.epoch, self.skip = epoch, skip
-
-    def __len__(self) -> int:
-        return max(0, self.steps_per_epoch - self.skip)
-
-    def __iter__(self):
-        order = DistributedSampler(self.indices, num_replicas=self.world_size, rank=self.rank, shuffle=True,
-                                   seed=self.seed, drop_last=True)
-        order.set_epoch(self.epoch)
-        mine = [self.indices[k] for k in order]  # this rank's share, in order
-        b = self.batch_size
-        for s in range(self.skip, self.steps_per_epoch):
-            yield [(self.epoch, i) for i in mine[s * b:(s + 1) * b]]
-
-
-def _data_root(cfg: TrainConfig) -> Path:
-    d = cfg.data
-    if d.root:
-        return Path(d.root).expanduser()
-    from lofr.data.synth import ensure_synthpose
-
-    return ensure_synthpose(n_train=d.synth_train, n_val=d.synth_val)
-
-
-def build_datasets(cfg: TrainConfig, train: bool = True, val: bool = True):
-    """(train dataset or None, val dataset or None) from ``cfg.data``. The labelled subset of the
-    semi-weak setting is drawn with ``cfg.seed``."""
-    d = cfg.data
-    root = _data_root(cfg)
-    common = dict(schema=d.schema, input_size=tuple(d.input_size), fill=d.fill, on_bad=d.on_bad)
-    train_ann, val_ann = root / d.train_ann, root / d.val_ann
-    if get_schema(d.schema).name == "mpii":  # MPII's JSON conversion -> a cached COCO-format file
-        from lofr.data.mpii import ensure_coco
-
-        train_ann = ensure_coco(train_ann, root / d.train_img) if train else train_ann
-        val_ann = ensure_coco(val_ann, root / d.val_img, root / d.mpii_gt_mat if d.mpii_gt_mat else None) \
-            if val else val_ann
-    train_ds = TopDownDataset(train_ann, root / d.train_img, train=True, aug=d.aug, labels=d.labels,
-                              labelled_fraction=d.labelled_fraction, seed=cfg.seed, **common) if train else None
-    val_ds = TopDownDataset(val_ann, root / d.val_img, train=False, **common) if val else None
-    return train_ds, val_ds
-
-
-def _train_indices(cfg: TrainConfig, dataset: TopDownDataset) -> list[int]:
-    """Every instance, or for Sup-only those with locations (``has_location`` = 1)."""
-    if cfg.model != "sup-only":
-        return list(range(len(dataset)))
-    idx = [i for i, r in enumerate(dataset.records) if r.has_location == 1.0]
-    if not idx:
-        raise ConfigError(f"sup-only: no training instance has locations (data.labelled_fraction = "
-                          f"{cfg.data.labelled_fraction} of {len(dataset)} instances)")
-    return idx
+_dead_attention_warning = dead_attention_warning  # its name before the split (tests use it)
 
 
 # ============================================================================== schedule
@@ -286,25 +98,6 @@ def lr_factor(step: int, steps_per_epoch: int, optim) -> float:
     return f
 
 
-# ============================================================================== prediction / evaluation
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def _maps_and_probs(model: nn.Module, images: torch.Tensor, source: str = "response"):
-    """-> (maps (B, C, h, w), presence probabilities (B, C) or None, stride of the maps).
-    ``source="cam"``: LOFR's CNN branch alone, the normalised CAMs (Eq. 1) and the CNN logits."""
-    m = _unwrap(model)
-    out = model(images)
-    if isinstance(m, SupOnly):
-        return out["heatmaps"].float(), None, m.strides[0]
-    if source == "cam":
-        if out["cams"] is None:
-            raise ValueError("source='cam' needs a model with a CAM head (LOFR, not the Baseline)")
-        return normalise_cams(out["cams"].float()), out["logits_cnn"].float().sigmoid(), m.cam_stride
-    return out["response_fused"].float(), out["logits"].float().sigmoid(), m.strides[0]
-
-
 def _amp_mode(device: torch.device, amp: str) -> str:
     """Resolve "auto" as runtime.autocast does: bf16 / fp16 on CUDA, "off" elsewhere."""
     if device.type != "cuda" or amp in ("off", "none", "fp32"):
@@ -312,96 +105,6 @@ def _amp_mode(device: torch.device, amp: str) -> str:
     if amp == "auto":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return amp
-
-
-@torch.no_grad()
-def predict_records(model: nn.Module, loader: DataLoader, flip_test: bool = True, device=None, amp: str = "off",
-                    schema: str | KeypointSchema | None = None, progress: bool = False,
-                    source: str = "response") -> list[dict]:
-    """Predictions for every crop of ``loader`` (eval-mode TopDownDataset batches), as records in
-    ORIGINAL image coordinates: ``{"image_id", "ann_id", "keypoints" (C, 2), "scores" (C,)}``.
-
-    Flip test (``flip_test``): the model also sees the mirrored crop; its maps are mirrored back
-    (x -> W - x is an exact column reversal of a stride-s grid when s divides W, so no HRNet-style
-    one-pixel shift), their channels swapped with ``schema.flip_index``, and averaged with the
-    original maps BEFORE decoding (LOFR: the fused response maps, each summing to 1, so the average
-    does too; Sup-only: the heatmaps). LOFR's presence probabilities are averaged the same way. The
-    keypoint = arg-max of the averaged map + quarter-cell refinement, score = p * concentration
-    (LOFR, as ``LOFR.predict``) or the heatmap peak (Sup-only).
-
-    source: "response" (the model's output) or "cam" (LOFR's CAM head alone, the plain-CAM
-    reference, as ``LOFR.predict_cam``; stride 16).
-    """
-    if source not in ("response", "cam"):
-        raise ValueError(f"source must be 'response' or 'cam', got {source!r}")
-    model.eval()
-    device = device or next(model.parameters()).device
-    schema = get_schema(schema or loader.dataset.schema)
-    flip_index = torch.as_tensor(schema.flip_index, device=device)
-    records = []
-    from tqdm.auto import tqdm
-
-    for batch in tqdm(loader, desc="eval", disable=not progress, leave=False):
-        images = batch["image"].to(device)  # (B, 3, H, W)
-        in_hw = tuple(images.shape[-2:])
-        with autocast(device, amp):
-            maps, probs, stride = _maps_and_probs(model, images, source)
-            if flip_test:
-                maps_f, probs_f, _ = _maps_and_probs(model, images.flip(-1), source)
-                maps = 0.5 * (maps + maps_f.flip(-1)[:, flip_index])
-                probs = None if probs is None else 0.5 * (probs + probs_f[:, flip_index])
-        keypoints, concentration = decode_response_maps(maps, stride)  # (B, C, 2), (B, C)
-        scores = maps.amax(dim=(-2, -1)).clamp(0, 1) if probs is None else probs * concentration
-        keypoints, scores = keypoints.cpu().numpy(), scores.cpu().numpy()
-        meta = batch["meta"]
-        for i in range(len(images)):
-            kp = keypoints[i]
-            if int(meta["flipped"][i]):  # a flipped crop (training-mode data): undo the mirror
-                kp = np.stack([in_hw[1] - kp[:, 0], kp[:, 1]], -1)[schema.flip_index]
-                scores[i] = scores[i][schema.flip_index]
-            kp_img = crop_to_image(kp, meta["center"][i].numpy(), meta["scale"][i].numpy(),
-                                   float(meta["rotation"][i]), in_hw)
-            records.append({"image_id": int(meta["image_id"][i]), "ann_id": int(meta["ann_id"][i]),
-                            "keypoints": kp_img, "scores": scores[i].astype(np.float64)})
-    return records
-
-
-def records_to_results(records: list[dict]) -> list[dict]:
-    """Records -> COCO keypoint results (``lofr.eval.predictions_to_coco_results``)."""
-    return predictions_to_coco_results([r["image_id"] for r in records], [r["ann_id"] for r in records],
-                                       np.stack([r["keypoints"] for r in records]),
-                                       np.stack([r["scores"] for r in records]))
-
-
-def evaluate(model: nn.Module, dataset: TopDownDataset, batch_size: int = 64, flip_test: bool = True,
-             device=None, amp: str = "off", workers: int = 0, prior_pose: np.ndarray | None = None,
-             results_file=None, progress: bool = False, source: str = "response") -> EvalReport:
-    """Evaluate ``model`` on an eval-mode ``dataset`` (ground-truth boxes) -> ``EvalReport`` (OKS AP via
-    COCOeval / xtcocotools, PCK@0.1 / 0.2, mean pixel error; see ``lofr.eval.evaluate_keypoints``).
-
-    prior_pose: optional (C, 2) mean crop-space pose (e.g. ``mean_pose_prior(train_dataset)``); its
-        records on the same crops become ``report.prior`` (a joint never seen: the crop centre).
-    results_file: also write the COCO results JSON there.
-    source: "response" or "cam" (LOFR's CAM arg-max; see :func:`predict_records`).
-    Runs under ``torch.random.fork_rng``: the caller's RNG state is unchanged afterwards.
-    """
-    if dataset.train:
-        raise ValueError("evaluate() needs an eval-mode dataset (TopDownDataset(..., train=False))")
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate)
-    was_training = model.training
-    with torch.random.fork_rng(devices=[]):
-        records = predict_records(model, loader, flip_test, device, amp, dataset.schema, progress, source)
-    model.train(was_training)
-    prior = None
-    if prior_pose is not None:
-        h, w = dataset.input_size
-        pose = np.where(np.isfinite(prior_pose), prior_pose, [[w / 2, h / 2]])
-        recs = dataset.records
-        prior = mean_pose_records(pose, [r.image_id for r in recs], [r.ann_id for r in recs],
-                                  [r.center for r in recs], [r.scale for r in recs], dataset.input_size)
-    if results_file is not None:
-        write_results(results_file, records_to_results(records))
-    return evaluate_keypoints(dataset.coco.dataset, records, dataset.schema, prior=prior)
 
 
 def _best_keys(summary: dict) -> tuple[str, ...]:
@@ -423,7 +126,6 @@ def _improves(summary: dict, best: dict | None) -> bool:
     return mine > theirs
 
 
-# ============================================================================== training
 _TARGETS = ("labels", "heatmaps", "target_weight", "has_location")
 
 
@@ -462,54 +164,6 @@ def _wrap_ddp(model: nn.Module, weights: LossWeights, device: torch.device) -> n
                                                find_unused_parameters=unused)
 
 
-def _resume(path: Path, cfg: TrainConfig, model, optimizer, scaler) -> tuple[int, list, dict | None]:
-    """Load ``path`` into model / optimiser / scaler and the global RNGs -> (step, history, best)."""
-    state = load_checkpoint(path, map_location="cpu")
-    for key in ("model", "optimizer", "step", "rng", "config"):
-        if key not in state:
-            raise CheckpointError(f"checkpoint {path} has no {key!r}: not written by lofr.engine.train")
-    _check_resume(state["config"], cfg, path)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    if "scaler" in state:
-        scaler.load_state_dict(state["scaler"])
-    set_rng_state(state["rng"])
-    return int(state["step"]), list(state.get("metrics", [])), state.get("best")
-
-
-DEAD_ATTENTION = 1e-2  # ||W_q|| ||W_k|| below this: the layer's attention is (nearly) uniform
-
-
-def attention_qk_scales(model: nn.Module) -> dict[str, float]:
-    """{module name: ||W_q||_F * ||W_k||_F} for every attention layer of ``model`` (the encoder's
-    ``MultiHeadAttention``: w_q / w_k; the decoder's ``Attention``: q_proj / k_proj).
-
-    The product bounds how far a layer's attention logits can move from uniform. At initialisation it
-    is about 20 (d_model 64); a value near 0 means the layer attends uniformly to everything. Adam's L2
-    weight decay (``optim.optimizer=adam``, the paper's optimiser) drives exactly these weights to 0
-    when their loss gradient is weaker than the decay term — Adam normalises the sum, so the decay
-    then shrinks them by about lr per step: measured on synth-cpu (from scratch), the decoder's query /
-    key projections reached norms of 1e-5 to 0 within 2040 steps and 2 of 3 seeds ended with exactly
-    uniform response maps; ``optim.optimizer=adamw`` (decoupled decay) keeps them at ~6."""
-    out = {}
-    for name, m in model.named_modules():
-        q = getattr(m, "w_q", None) or getattr(m, "q_proj", None)  # encoder / decoder attention
-        k = getattr(m, "w_k", None) or getattr(m, "k_proj", None)
-        if isinstance(q, nn.Linear) and isinstance(k, nn.Linear):
-            out[name] = float(q.weight.detach().norm() * k.weight.detach().norm())
-    return out
-
-
-def _dead_attention_warning(scales: dict[str, float], optimizer: str) -> str | None:
-    dead = sorted(n for n, v in scales.items() if v < DEAD_ATTENTION)
-    if not dead:
-        return None
-    hint = (" Adam's L2 weight decay shrinks weights whose loss gradient is weaker than the decay by ~lr per "
-            "step; optim.optimizer=adamw (decoupled decay) keeps them." if optimizer == "adam" else "")
-    return (f"WARNING: {len(dead)} attention layer(s) have lost their query/key projections "
-            f"(||W_q|| ||W_k|| < {DEAD_ATTENTION:g}: {', '.join(dead)}): they now attend uniformly.{hint}")
-
-
 def _summary_line(epoch: int, record: dict) -> str:
     keys = ("AP", "PCK@0.2", "PCKh", "px err")
     line = f"epoch {epoch + 1} step {record['step']}: loss {record['train'].get('total', float('nan')):.4f}  "
@@ -544,22 +198,6 @@ def _set_bn_eval(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.eval()
-
-
-def _check_resume(saved: dict, cfg: TrainConfig, path: Path) -> None:
-    """A resumed run must train the same model on the same data with the same seed."""
-    now = config_dict(cfg)
-    for key in ("model", "arch", "loss", "seed"):
-        if saved.get(key) != now[key]:
-            raise ConfigError(f"cannot resume from {path}: its {key} is {saved.get(key)!r}, "
-                              f"the config says {now[key]!r}")
-    for key in ("schema", "input_size", "labelled_fraction", "root", "train_ann"):
-        if saved.get("data", {}).get(key) != now["data"][key]:
-            raise ConfigError(f"cannot resume from {path}: its data.{key} is {saved['data'].get(key)!r}, "
-                              f"the config says {now['data'][key]!r}")
-    if saved.get("optim", {}).get("batch_size") != now["optim"]["batch_size"]:
-        raise ConfigError(f"cannot resume from {path}: optim.batch_size changed "
-                          f"({saved['optim'].get('batch_size')} -> {now['optim']['batch_size']})")
 
 
 def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict:
@@ -632,7 +270,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
 
     step, history, best = 0, [], None
     if resume:
-        step, history, best = _resume(out_dir / "last.pt", cfg, model, optimizer, scaler)
+        step, history, best = resume_state(out_dir / "last.pt", cfg, model, optimizer, scaler)
         run.say(f"resumed from {out_dir / 'last.pt'} at step {step} (epoch {step // spe})")
     core = model
     if di.enabled:
@@ -703,7 +341,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
             history.append(record)
             run.append("metrics.jsonl", record)
             run.say(_summary_line(epoch, record))
-            warning = None if warned_dead else _dead_attention_warning(scales, o.optimizer)
+            warning = None if warned_dead else dead_attention_warning(scales, o.optimizer)
             if warning:  # shown with the progress bars (lofr train), logged at INFO
                 run.say(warning)
                 warned_dead = True
