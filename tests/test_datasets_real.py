@@ -17,14 +17,15 @@ import torch
 from PIL import Image
 
 from lofr.data.check import add_data_check_arguments, check_dataset, cmd_data_check
-from lofr.data.detections import (DetectionTopDown, detection_dataset, detection_results, evaluate_with_detections,
-                                  load_detections, write_test_dev_results)
+from lofr.data.detections import DetectionTopDown, detection_dataset, load_detections
 from lofr.data.errors import DataError
-from lofr.data.mpii import (MAT_JOINT_NAMES, ensure_coco, format_pckh_table, load_gt_mat, mpii_box, mpii_to_coco,
-                            pckh_from_mat, records_to_preds, write_pred_mat)
+from lofr.data.mpii import MAT_JOINT_NAMES, ensure_coco, load_gt_mat, mpii_box, mpii_to_coco
 from lofr.data.schemas import COCO17, CROWDPOSE14, MPII16
 from lofr.data.topdown import TopDownDataset
+from lofr.engine.evaluation import evaluate_with_detections
 from lofr.eval import coco_keypoint_eval, crowdpose_eval, evaluate_keypoints, gt_records, oks
+from lofr.eval.detections import detection_results, write_test_dev_results
+from lofr.eval.mpii import format_pckh_table, pckh_from_mat, records_to_preds, write_pred_mat
 from lofr.eval.nms import oks_nms, oks_nms_results, oks_pairwise
 
 from conftest import PERSON, _kps, draw_dots

@@ -1,22 +1,20 @@
-"""Top-down evaluation on DETECTED person boxes (COCO val / test-dev), as SimpleBaseline / HRNet do.
+"""Top-down crops around DETECTED person boxes (COCO val / test-dev), as SimpleBaseline / HRNet use them.
 
 The person-detection results file is a COCO *detection results* list, e.g. the widely used
 ``COCO_val2017_detections_AP_H_56_person.json``::
 
     [{"image_id": 397133, "category_id": 1, "bbox": [x, y, w, h], "score": 0.99}, ...]
 
-Pipeline (``evaluate_with_detections``):
-
 1. ``load_detections``: keep category_id 1 (person) with score >= ``score_thr`` (HRNet's
    ``IMAGE_THRE``, default 0.0: every box); anything malformed raises ``DataError`` naming the file
    and the entry; unknown image ids are errors, never dropped.
 2. ``DetectionTopDown``: one eval crop per kept box (padding 1.25 at the input's aspect ratio, the
-   same rule as ground-truth boxes; detected boxes are NOT clipped to the image, as in HRNet).
-3. the model predicts every crop (``lofr.engine.trainer.predict_records``);
-4. ``detection_results``: instance score = box score x mean of the keypoint scores > 0.2
-   (``lofr.eval.instance_score``), then OKS-NMS per image (``lofr.eval.nms``, threshold 0.9, area =
-   the crop region's area), giving COCO keypoint results for COCOeval or the test-dev server
-   (``write_test_dev_results``).
+   same rule as ground-truth boxes; detected boxes are NOT clipped to the image, as in HRNet);
+   ``detection_dataset(cfg)`` builds it from a TrainConfig.
+
+The rest of the pipeline is not data: the model predicts every crop and the predictions are
+rescored and OKS-NMS'd into COCO results by ``lofr.engine.evaluation.evaluate_with_detections``
+(``lofr.eval.detections.detection_results``; ``write_test_dev_results`` for the test-dev server).
 """
 
 from __future__ import annotations
@@ -26,7 +24,6 @@ import io
 import json
 import math
 import os
-import zipfile
 from collections import Counter
 from pathlib import Path
 
@@ -37,10 +34,7 @@ from .errors import DataError
 from .topdown import TopDownDataset, _Record, log
 from .transforms import box_to_center_scale
 
-__all__ = ["load_detections", "DetectionTopDown", "detection_dataset", "detection_results", "evaluate_with_detections",
-           "write_test_dev_results", "TEST_DEV_KEYS"]
-
-TEST_DEV_KEYS = ("image_id", "category_id", "keypoints", "score")
+__all__ = ["load_detections", "DetectionTopDown", "detection_dataset"]
 
 
 def _read_json(path: Path, what: str):
@@ -178,85 +172,3 @@ def detection_dataset(cfg) -> DetectionTopDown:
     root = Path(d.root).expanduser()
     return DetectionTopDown(root / d.det_file, root / d.val_ann, root / d.val_img, d.schema, tuple(d.input_size),
                             d.det_score_thr)
-
-
-def detection_results(dataset: DetectionTopDown, records: list[dict], nms_thr: float | None = 0.9,
-                      kpt_thr: float = 0.2, vis_thr: float | None = None) -> list[dict]:
-    """Predictions on ``dataset``'s crops (``predict_records`` output, image coordinates) -> COCO
-    keypoint results: score = box score x mean keypoint score above ``kpt_thr``; then OKS-NMS per
-    image at ``nms_thr`` (None = no NMS) with area = the crop region's w x h (HRNet's rule)."""
-    from lofr.eval.coco import predictions_to_coco_results
-    from lofr.eval.nms import oks_nms_results
-
-    by_det = {r.ann_id: r for r in dataset.records}
-    if len(records) != len(by_det):
-        raise ValueError(f"{len(records)} predictions for {len(by_det)} detection crops")
-    recs = []
-    for p in records:
-        if p["ann_id"] not in by_det:
-            raise ValueError(f"prediction for detection {p['ann_id']} which is not a crop of this dataset")
-        recs.append(by_det[p["ann_id"]])
-    results = predictions_to_coco_results([p["image_id"] for p in records], [p["ann_id"] for p in records],
-                                          np.stack([p["keypoints"] for p in records]),
-                                          np.stack([p["scores"] for p in records]),
-                                          [dataset.box_scores[r.index] for r in recs], thr=kpt_thr)
-    if nms_thr is None:
-        return results
-    areas = [float(r.scale[0] * r.scale[1]) for r in recs]
-    return oks_nms_results(results, areas, nms_thr, dataset.schema, vis_thr)
-
-
-def evaluate_with_detections(model, dataset: DetectionTopDown, gt=None, batch_size: int = 64,
-                             flip_test: bool = True, device=None, amp: str = "off", workers: int = 0,
-                             nms_thr: float | None = 0.9, results_file=None,
-                             progress: bool = False) -> tuple[list[dict], dict | None]:
-    """Predict every detection crop (``workers`` DataLoader processes, ``amp`` as the trainer's),
-    rescore + OKS-NMS, optionally write the results JSON, and (when ``gt`` is given: a COCO /
-    CrowdPose keypoint file) compute AP -> (results, AP dict or None)."""
-    from torch.utils.data import DataLoader
-
-    from lofr.data.topdown import collate
-    from lofr.engine.trainer import predict_records
-    from lofr.eval.coco import coco_keypoint_eval, crowdpose_eval, write_results
-
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate)
-    records = predict_records(model, loader, flip_test, device, amp, schema=dataset.schema, progress=progress)
-    results = detection_results(dataset, records, nms_thr)
-    if results_file is not None:
-        write_results(results_file, results)
-    if gt is None:
-        return results, None
-    if dataset.schema.name == "crowdpose":
-        return results, crowdpose_eval(gt, results, dataset.schema)
-    return results, coco_keypoint_eval(gt, results, dataset.schema)
-
-
-def write_test_dev_results(results: list[dict], out_dir, method: str = "lofr", image_info=None,
-                           num_keypoints: int = 17) -> tuple[Path, Path]:
-    """Write results for the COCO test-dev server: ``person_keypoints_test-dev2017_<method>_results.json``
-    (a list of ``{"image_id", "category_id", "keypoints", "score"}``, nothing else) and the same file
-    zipped next to it (what the server takes). ``image_info``: the image-info JSON's path; when given,
-    every image_id must be one of its images. Returns (json path, zip path)."""
-    from lofr.eval.coco import write_results
-
-    if not method or any(ch in method for ch in "_/\\ "):
-        raise ValueError(f"method name {method!r} must be non-empty without '_', '/' or spaces (the server "
-                         f"parses the file name)")
-    known = None
-    if image_info is not None:
-        known = {img["id"] for img in _read_json(Path(image_info), "image-info file")["images"]}
-    clean = []
-    for i, r in enumerate(results):
-        if len(r.get("keypoints", ())) != 3 * num_keypoints:
-            n = len(r.get("keypoints", ()))
-            raise ValueError(f"result {i}: keypoints must be {3 * num_keypoints} numbers, got {n}")
-        if known is not None and r["image_id"] not in known:
-            raise ValueError(f"result {i}: image_id {r['image_id']} is not a test-dev image of {image_info}")
-        clean.append({"image_id": int(r["image_id"]), "category_id": int(r["category_id"]),
-                      "keypoints": [round(float(v), 3) for v in r["keypoints"]], "score": float(r["score"])})
-    out_dir = Path(out_dir)
-    path = write_results(out_dir / f"person_keypoints_test-dev2017_{method}_results.json", clean)
-    zpath = path.with_suffix(".zip")
-    with zipfile.ZipFile(zpath, "w", compression=zipfile.ZIP_DEFLATED) as z:
-        z.write(path, arcname=path.name)
-    return path, zpath

@@ -1,6 +1,7 @@
 """Prediction and evaluation of a trained model on eval-mode crops: ``predict_records`` (flip test,
 maps -> keypoints in image coordinates), ``records_to_results`` (COCO results) and ``evaluate``
-(an ``EvalReport``: OKS AP, PCK, pixel error, optionally the mean-pose prior on the same crops)."""
+(an ``EvalReport``: OKS AP, PCK, pixel error, optionally the mean-pose prior on the same crops) on
+ground-truth boxes, and ``evaluate_with_detections`` on detected ones."""
 
 from __future__ import annotations
 
@@ -9,16 +10,19 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from lofr.data.detections import DetectionTopDown
 from lofr.data.schemas import KeypointSchema, get_schema
 from lofr.data.topdown import TopDownDataset, collate
 from lofr.data.transforms import crop_to_image
 from lofr.engine.models import SupOnly
 from lofr.engine.runtime import autocast
 from lofr.eval import evaluate_keypoints, mean_pose_records, predictions_to_coco_results, write_results
+from lofr.eval.coco import coco_keypoint_eval, crowdpose_eval
+from lofr.eval.detections import detection_results
 from lofr.eval.report import EvalReport
 from lofr.models.lofr import decode_response_maps, normalise_cams
 
-__all__ = ["predict_records", "records_to_results", "evaluate"]
+__all__ = ["predict_records", "records_to_results", "evaluate", "evaluate_with_detections"]
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -127,3 +131,22 @@ def evaluate(model: nn.Module, dataset: TopDownDataset, batch_size: int = 64, fl
     if results_file is not None:
         write_results(results_file, records_to_results(records))
     return evaluate_keypoints(dataset.coco.dataset, records, dataset.schema, prior=prior)
+
+
+def evaluate_with_detections(model, dataset: DetectionTopDown, gt=None, batch_size: int = 64,
+                             flip_test: bool = True, device=None, amp: str = "off", workers: int = 0,
+                             nms_thr: float | None = 0.9, results_file=None,
+                             progress: bool = False) -> tuple[list[dict], dict | None]:
+    """Evaluate on detected person boxes (``lofr.data.detections``). Predict every detection crop (``workers`` DataLoader processes, ``amp`` as the trainer's),
+    rescore + OKS-NMS, optionally write the results JSON, and (when ``gt`` is given: a COCO /
+    CrowdPose keypoint file) compute AP -> (results, AP dict or None)."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate)
+    records = predict_records(model, loader, flip_test, device, amp, schema=dataset.schema, progress=progress)
+    results = detection_results(dataset, records, nms_thr)
+    if results_file is not None:
+        write_results(results_file, results)
+    if gt is None:
+        return results, None
+    if dataset.schema.name == "crowdpose":
+        return results, crowdpose_eval(gt, results, dataset.schema)
+    return results, coco_keypoint_eval(gt, results, dataset.schema)
