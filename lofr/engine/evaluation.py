@@ -137,9 +137,10 @@ def evaluate_with_detections(model, dataset: DetectionTopDown, gt=None, batch_si
                              flip_test: bool = True, device=None, amp: str = "off", workers: int = 0,
                              nms_thr: float | None = 0.9, results_file=None,
                              progress: bool = False) -> tuple[list[dict], dict | None]:
-    """Evaluate on detected person boxes (``lofr.data.detections``). Predict every detection crop (``workers`` DataLoader processes, ``amp`` as the trainer's),
-    rescore + OKS-NMS, optionally write the results JSON, and (when ``gt`` is given: a COCO /
-    CrowdPose keypoint file) compute AP -> (results, AP dict or None)."""
+    """Evaluate on detected person boxes (``lofr.data.detections``): predict every detection crop
+    (``workers`` DataLoader processes, ``amp`` as the trainer's), rescore + OKS-NMS, optionally write
+    the results JSON, and (when ``gt`` is given: a COCO / CrowdPose keypoint file) compute AP ->
+    (results, AP dict or None)."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate)
     records = predict_records(model, loader, flip_test, device, amp, schema=dataset.schema, progress=progress)
     results = detection_results(dataset, records, nms_thr)
