@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_synth)
 
     q = sub.add_parser("quickstart", help="the main job on the embedded SynthPose default")
-    q.add_argument("--data", default=None, help="SynthPose root (default: generated into data/synthpose)")
+    q.add_argument("--data", default=None, help="a dataset in COCO layout, e.g. from `lofr synth` (default: SynthPose, "
+                                                "generated into data/synthpose); an empty folder gets SynthPose")
     q.add_argument("--quiet", action="store_true")
     q.add_argument("--no-train", action="store_true", help="stop after the reference predictors")
     q.add_argument("--out", default="runs/quickstart", help="where the two runs go (default runs/quickstart)")

@@ -88,21 +88,33 @@ def train_and_compare(root, overrides=(), runs_dir="runs/quickstart", progress: 
     return {"reports": reports, "timing": timing}
 
 
+def _has_dataset(root) -> bool:
+    return root is not None and all((Path(root) / "annotations" / f"person_keypoints_{s}2017.json").is_file()
+                                    for s in synth.SPLITS)
+
+
 def quickstart(root=None, n_train: int = synth.DEFAULT_TRAIN, n_val: int = synth.DEFAULT_VAL,
                progress: bool = True, train: bool = True, overrides=(), runs_dir="runs/quickstart") -> dict:
-    root = synth.ensure_synthpose(root, n_train=n_train, n_val=n_val, progress=progress)
+    """The main job (module docstring); ``train=False`` stops after the reference predictors.
+
+    root: None = the embedded default in ``data/synthpose`` (generated, or regenerated when it was made
+    with other parameters); a folder that already holds a dataset in the COCO layout (e.g. from
+    ``lofr synth``) is used as it is; any other folder gets SynthPose with ``n_train`` / ``n_val``."""
+    if not _has_dataset(root):
+        root = synth.ensure_synthpose(root, n_train=n_train, n_val=n_val, progress=progress)
+    root = Path(root)
     print(f"SynthPose at {root}")
-    train, val = _datasets(root, QUICKSTART_INPUT)
-    for name, ds in (("train", train), ("val", val)):
+    train_ds, val = _datasets(root, QUICKSTART_INPUT)  # not ``train``: that is the flag
+    for name, ds in (("train", train_ds), ("val", val)):
         excluded = {k: v for k, v in ds.report.items() if k not in ("annotations", "kept") and v}
         print(f"  {name}: {len(ds.coco.getImgIds())} images, {ds.report['annotations']} person annotations, "
               f"{len(ds)} crops kept" + (f"; excluded / changed: {excluded}" if excluded else ""))
     print()
-    print(synth.format_presence_table(train.ann_file, title="Image-level labels of the training instances"))
+    print(synth.format_presence_table(train_ds.ann_file, title="Image-level labels of the training instances"))
     print()
 
     gt = ground_truth_records(val)
-    prior_pose = mean_pose_prior(train)
+    prior_pose = mean_pose_prior(train_ds)
     crops = [val.crop_params(i) for i in range(len(val))]
     prior = mean_pose_records(prior_pose, [r.image_id for r in val.records], [r.ann_id for r in val.records],
                               [c.center for c in crops], [c.scale for c in crops], val.input_size)

@@ -43,6 +43,18 @@ def test_quickstart_trains_lofr_and_the_baseline_and_prints_one_table(tmp_path, 
         assert label in table
 
 
+def test_quickstart_no_train_stops_after_the_reference_predictors(tiny_root, tmp_path, capsys, monkeypatch):
+    import lofr.quickstart
+
+    # the guard turns a regression into a failure instead of a 17-minute training run
+    monkeypatch.setattr(lofr.quickstart, "train_and_compare", lambda *a, **k: pytest.fail("--no-train trained"))
+    runs = tmp_path / "runs"
+    assert main(["quickstart", "--no-train", "--data", str(tiny_root), "--out", str(runs)]) == 0
+    assert not runs.exists()  # no run folder
+    out = capsys.readouterr().out
+    assert "mean-pose prior" in out and "ground truth (crop and back)" in out
+
+
 def test_cli_entry_point_is_installed():
     r = subprocess.run([sys.executable, "-m", "lofr.cli", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "synth" in r.stdout and "quickstart" in r.stdout
