@@ -493,3 +493,56 @@ def test_cmd_data_check(mpii_root, tmp_path, capsys):
     args = p.parse_args([str(tmp_path / "nowhere"), "--schema", "mpii", "--no-draw"])
     assert cmd_data_check(args) == 1
     assert "is not a folder" in capsys.readouterr().out
+
+
+def test_data_check_opens_every_annotation_file_and_names_file_and_ids(coco_root):
+    ann = coco_root / "annotations"
+    # the case: a truncated train file next to missing image folders is reported, not skipped
+    for split in ("train", "val"):
+        for f in (coco_root / f"{split}2017").iterdir():
+            f.unlink()
+        (coco_root / f"{split}2017").rmdir()
+    train = ann / "person_keypoints_train2017.json"
+    train.write_text(train.read_text()[:300])
+    val = ann / "person_keypoints_val2017.json"
+    data = json.loads(val.read_text())
+    data["annotations"][0]["image_id"] = 99  # refers to no image
+    data["annotations"][1]["category_id"] = 7  # refers to no category
+    data["annotations"][2]["keypoints"] = data["annotations"][2]["keypoints"][:-3]  # 16 keypoints
+    data["annotations"].append({**data["annotations"][1], "category_id": 1})  # id 2 a second time
+    del data["images"][1]["file_name"]
+    val.write_text(json.dumps(data))
+    (ann / "image_info_test-dev2017.json").write_text('{"images": [{"id": 7}')  # truncated too
+    rep = check_dataset(coco_root, "coco", draw=False)
+    assert not rep.ok
+
+    def problem(*parts):
+        hits = [p for p in rep.problems if all(s in p for s in parts)]
+        assert len(hits) == 1, f"{parts} in\n" + rep.format()
+        return hits[0]
+
+    problem("train_ann", str(train), "malformed JSON at line 1 column", "truncated")
+    problem("test_info", "image_info_test-dev2017.json", "malformed JSON")
+    problem(str(val), "image_id that is not in 'images'", "annotation id 1 (image id 99)")
+    problem(str(val), "category_id that is not in 'categories'", "annotation id 2 (image id 1)")
+    problem(str(val), "1 of 4 annotations do not have 17 keypoints", "annotation id 3 (image id 2)", "(--schema)")
+    problem(str(val), "reuse an id", "annotation id 2 (image id 1)")
+    problem(str(val), "1 of 2 images have no 'file_name'", "image id 2")
+    assert "train2017.zip" in problem("train_img: none of")  # the missing folders are still listed
+
+
+def test_validate_annotation_file_passes_a_clean_file_and_reports_structure(coco_root, tmp_path):
+    from lofr.data.check import validate_annotation_file
+
+    good = coco_root / "annotations" / "person_keypoints_val2017.json"
+    data, problems = validate_annotation_file(good, "coco")
+    assert problems == [] and len(data["annotations"]) == 3
+    assert validate_annotation_file(good, "crowdpose")[1]  # 17 keypoints are not CrowdPose's 14
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
+    data, problems = validate_annotation_file(listed, "coco")
+    assert data is None and problems == [f"{listed}: not a COCO keypoint annotation file: the top level is a "
+                                         f"JSON list, not an object with ['images', 'annotations', 'categories']"]
+    nocat = tmp_path / "nocat.json"
+    nocat.write_text(json.dumps({"images": [], "annotations": []}))
+    assert "no 'categories' list" in validate_annotation_file(nocat, "coco")[1][0]

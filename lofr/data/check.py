@@ -1,10 +1,13 @@
 """``lofr data check ROOT --schema coco|mpii|crowdpose``: is a downloaded dataset where and what lofr expects?
 
 ``check_dataset(root, schema)`` looks for the expected files (the layouts of ``docs/datasets.md``),
-loads every annotation file the way training will (``TopDownDataset(on_bad="skip")``, so every
-problem is counted instead of stopping at the first), compares the counts with the official
-release, draws one annotated image with its boxes and skeletons to a PNG, and returns a
-``CheckReport`` whose ``problems`` say what to do (download X, unzip it in Y, ...).
+opens and validates every annotation file it finds, whether or not the images are there
+(``validate_annotation_file``: JSON syntax, the required COCO keys, the schema's keypoint count, ids
+used twice or referring to nothing; each problem names the file and the ids), loads the annotation
+files the way training will (``TopDownDataset(on_bad="skip")``, so every problem is counted instead
+of stopping at the first), compares the counts with the official release, draws one annotated image
+with its boxes and skeletons to a PNG, and returns a ``CheckReport`` whose ``problems`` say what to
+do (download X, unzip it in Y, ...).
 
 Severity: a *problem* makes the check fail (something training or evaluation needs is missing or
 unusable); a *warning* does not (a count that differs from the official release, an optional file
@@ -26,7 +29,8 @@ from PIL import Image, ImageDraw
 from .errors import DataError
 from .schemas import KeypointSchema, get_schema
 
-__all__ = ["CheckReport", "check_dataset", "draw_sample", "LAYOUTS", "add_data_check_arguments", "cmd_data_check"]
+__all__ = ["CheckReport", "check_dataset", "validate_annotation_file", "draw_sample", "LAYOUTS",
+           "add_data_check_arguments", "cmd_data_check"]
 
 # (role, relative path candidates (first found wins), required, official counts or None, where to get it)
 LAYOUTS: dict[str, list[tuple]] = {
@@ -104,9 +108,11 @@ def _find(root: Path, candidates: list[str]) -> Path | None:
     return None
 
 
-def _load_checked(ann: Path, img_dir: Path, schema: KeypointSchema, rep: CheckReport, role: str, gt_mat=None):
+def _load_checked(ann: Path, img_dir: Path, schema: KeypointSchema, rep: CheckReport, role: str, gt_mat=None,
+                  quiet_if_empty: bool = False):
     """Load ``ann`` as training would (an MPII JSON converted in memory first) -> (COCO dict or None,
-    TopDownDataset or None); what is wrong goes into ``rep``."""
+    TopDownDataset or None); what is wrong goes into ``rep``. ``quiet_if_empty``: the file's own
+    problems are reported already, so "no usable person instance" (their consequence) is not."""
     from .topdown import TopDownDataset
 
     with tempfile.TemporaryDirectory(prefix="lofr_check_") as tmp:
@@ -130,28 +136,142 @@ def _load_checked(ann: Path, img_dir: Path, schema: KeypointSchema, rep: CheckRe
                     src.write_text(json.dumps(data))
             ds = TopDownDataset(src, img_dir, schema=schema, input_size=(256, 192), on_bad="skip", fill="edge")
         except DataError as e:
-            msg = f"{role}: {str(e).replace(str(src), str(ann))}"
-            if "no usable person instance" in str(e):
-                msg += _schema_hint(src, schema)
-            rep.problems.append(msg)
+            empty = "no usable person instance" in str(e)
+            if not (empty and quiet_if_empty):
+                rep.problems.append(f"{role}: {str(e).replace(str(src), str(ann))}")
             return None, None
     ds.ann_file = ann
     ds.skipped = [m.replace(str(src), str(ann)) for m in ds.skipped]
     return ds.coco.dataset, ds
 
 
-def _schema_hint(path: Path, schema: KeypointSchema) -> str:
-    """When nothing loads: say so if the keypoint count is not the schema's (wrong --schema)."""
+# ------------------------------------------------------------------------------ annotation files
+_EXAMPLES = 3  # ids quoted per kind of problem
+# TopDownDataset's reasons to skip an instance that validate_annotation_file reports itself
+_FILE_LEVEL_REASONS = ("bad_keypoints_length", "unknown_image_id", "missing_file_name", "bad_bbox")
+
+
+def _where(entry: dict, key: str, index: int) -> str:
+    """``annotation id 7 (image id 3)`` / ``image id 3`` / ``annotations[12]`` (no usable id)."""
+    noun = {"annotations": "annotation", "images": "image", "categories": "category"}[key]
+    ident = entry.get("id") if isinstance(entry, dict) else None
+    if ident is None or isinstance(ident, (dict, list)):
+        return f"{key}[{index}]"
+    extra = f" (image id {entry['image_id']})" if key == "annotations" and "image_id" in entry else ""
+    return f"{noun} id {ident}{extra}"
+
+
+class _Findings:
+    """Problems of one file, grouped by kind: one line per kind, with its count and the first ids."""
+
+    def __init__(self, path: Path, totals: dict[str, int]):
+        self.path, self.totals, self.kinds = path, totals, {}
+
+    def add(self, key: str, kind: str, where: str) -> None:
+        """``key``: "images" / "annotations" / "categories"; ``kind``: what is wrong with them."""
+        self.kinds.setdefault((key, kind), []).append(where)
+
+    def lines(self) -> list[str]:
+        out = []
+        for (key, kind), wheres in self.kinds.items():
+            ex = "; ".join(wheres[:_EXAMPLES]) + ("; ..." if len(wheres) > _EXAMPLES else "")
+            out.append(f"{self.path}: {len(wheres)} of {self.totals[key]} {key} {kind} (e.g. {ex})")
+        return out
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def validate_annotation_file(path, schema: str | KeypointSchema, image_info: bool = False):
+    """Open one annotation file and check what training and evaluation rely on -> (the parsed JSON
+    or None when nothing in it can be used, [problems]); each problem names the file and the ids.
+
+    COCO keypoint files (``image_info=True``: an image-info file, ``images`` only): valid JSON; an
+    object with ``images``, ``annotations`` and ``categories`` lists; every image with ``id`` and
+    ``file_name``, every annotation with ``id``, ``image_id``, ``category_id``, ``keypoints`` and
+    ``bbox`` ([x, y, w, h]); no id used twice; no ``image_id`` / ``category_id`` that refers to nothing; 3 x C
+    keypoint values per annotation and C keypoint names per category (C = the schema's count).
+    MPII's JSON conversion (a list) is checked by ``lofr.data.mpii.load_mpii_json``."""
+    schema = get_schema(schema)
+    path = Path(path)
     try:
-        anns = json.loads(Path(path).read_text()).get("annotations", [])
-    except (OSError, ValueError, AttributeError):
-        return ""
-    n = 3 * schema.num_keypoints
-    bad = sum(1 for a in anns if isinstance(a, dict) and len(a.get("keypoints") or []) != n)
-    if not bad:
-        return ""
-    return (f" -- {bad} of {len(anns)} annotations do not have {schema.num_keypoints} keypoints: is it a "
-            f"{schema.name} file? (--schema)")
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        return None, [f"{path}: malformed JSON at line {e.lineno} column {e.colno} (char {e.pos}): {e.msg} "
+                      f"-- a truncated or partial download? Download it again"]
+    except UnicodeDecodeError as e:
+        return None, [f"{path}: not a UTF-8 text file ({e})"]
+    except OSError as e:
+        return None, [f"{path}: cannot be read ({type(e).__name__}: {e})"]
+    if schema.name == "mpii" and isinstance(data, list) and not image_info:
+        from .mpii import load_mpii_json
+
+        try:
+            load_mpii_json(path)
+        except DataError as e:
+            return None, [str(e)]
+        return data, []
+    what = "image-info" if image_info else "keypoint annotation"
+    needed = ("images",) if image_info else ("images", "annotations", "categories")
+    if not isinstance(data, dict):
+        return None, [f"{path}: not a COCO {what} file: the top level is a JSON {type(data).__name__}, not an "
+                      f"object with {list(needed)}"]
+    missing = [k for k in needed if not isinstance(data.get(k), list)]
+    if missing:
+        return None, [f"{path}: not a COCO {what} file: no {' / '.join(repr(k) for k in missing)} list"]
+    found = _Findings(path, {k: len(data.get(k) or []) for k in ("images", "annotations", "categories")})
+
+    def entries(key: str, required: tuple[str, ...]) -> dict:
+        """Check the entries of ``data[key]`` -> {id: entry} of those with a usable id."""
+        by_id: dict = {}
+        for i, entry in enumerate(data[key]):
+            where = _where(entry, key, i)
+            if not isinstance(entry, dict):
+                found.add(key, "are not JSON objects", where)
+                continue
+            absent = [k for k in required if k not in entry]
+            if absent:
+                found.add(key, f"have no {' / '.join(repr(k) for k in absent)}", where)
+            ident = entry.get("id")
+            if ident is None or isinstance(ident, (dict, list)):
+                continue
+            if ident in by_id:
+                found.add(key, "reuse an id that another entry has", where)
+            by_id[ident] = entry
+        return by_id
+
+    entries("images", ("id", "file_name"))
+    if image_info:
+        return data, found.lines()
+    image_ids = {im["id"] for im in data["images"] if isinstance(im, dict) and "id" in im}
+    cats = entries("categories", ("id", "name"))
+    c = schema.num_keypoints
+    for ident, cat in cats.items():
+        names = cat.get("keypoints")
+        if isinstance(names, list) and len(names) != c:
+            found.add("categories", f"do not list {c} keypoint names (the first lists {len(names)}): is "
+                      f"{path.name} a {schema.name} file? (--schema)", f"category id {ident}")
+    anns = data["annotations"]
+    entries("annotations", ("id", "image_id", "category_id", "keypoints", "bbox"))
+    for i, a in enumerate(anns):
+        if not isinstance(a, dict):
+            continue
+        where = _where(a, "annotations", i)
+        if "image_id" in a and a["image_id"] not in image_ids:
+            found.add("annotations", "refer to an image_id that is not in 'images'", where)
+        if "category_id" in a and cats and a["category_id"] not in cats:
+            found.add("annotations", "refer to a category_id that is not in 'categories'", where)
+        box = a.get("bbox")
+        if "bbox" in a and not (isinstance(box, list) and len(box) == 4 and all(_number(v) for v in box)):
+            found.add("annotations", "have a 'bbox' that is not [x, y, w, h]", where)
+        kps = a.get("keypoints")
+        if "keypoints" in a and not (isinstance(kps, list) and len(kps) == 3 * c):
+            n = f"{len(kps)} values" if isinstance(kps, list) else f"a {type(kps).__name__}"
+            found.add("annotations", f"do not have {c} keypoints (x, y, v: {3 * c} values; the first has {n}): is "
+                      f"{path.name} a {schema.name} file? (--schema)", where)
+    return data, found.lines()
 
 
 def check_dataset(root, schema: str, out_png=None, draw: bool = True) -> CheckReport:
@@ -177,28 +297,34 @@ def check_dataset(root, schema: str, out_png=None, draw: bool = True) -> CheckRe
                 rep.problems.append(f"{root} looks like a {other} dataset: did you mean --schema {other}?")
     has_val_img = any(x[0] == "val_img" for x in LAYOUTS[schema_obj.name])  # MPII / CrowdPose: one folder
     img = {"train_ann": found.get("train_img"), "val_ann": found.get("val_img" if has_val_img else "train_img")}
+    for role in ("test_info",):  # opened and checked, never loaded as a dataset
+        if found.get(role) is not None:
+            rep.problems += [f"{role}: {m}" for m in validate_annotation_file(found[role], schema_obj, True)[1]]
     datasets = {}
     for role in ("train_ann", "val_ann"):
         ann, img_dir = found.get(role), img.get(role)
-        if ann is None or img_dir is None:
+        if ann is None:
+            continue
+        parsed, file_problems = validate_annotation_file(ann, schema_obj)  # with or without the images
+        rep.problems += [f"{role}: {m}" for m in file_problems]
+        if parsed is None or img_dir is None:
             continue
         gt_mat = found.get("gt_mat") if role == "val_ann" else None
-        data, ds = _load_checked(ann, img_dir, schema_obj, rep, role, gt_mat)
+        data, ds = _load_checked(ann, img_dir, schema_obj, rep, role, gt_mat, quiet_if_empty=bool(file_problems))
         if data is None:
             continue
         n_anns = len(data["annotations"])
         c = {"images": len(data.get("images", [])), "annotations": n_anns}
-        bad_len = sum(1 for a in data["annotations"] if len(a.get("keypoints") or []) != 3 * schema_obj.num_keypoints)
-        if bad_len:
-            rep.problems.append(f"{role}: {bad_len} of {n_anns} annotations do not have {schema_obj.num_keypoints} "
-                                f"keypoints: is {ann.name} a {schema_obj.name} file? (--schema)")
         if ds is not None:
             r = ds.report
             c.update(usable=r["kept"], crowd=r["excluded_iscrowd"], no_keypoints=r["excluded_no_keypoints"],
                      skipped_bad=r["skipped_bad"])
-            if r["skipped_bad"]:
-                reasons = r["skipped_bad_reasons"]
-                msg = f"{role}: {r['skipped_bad']} person annotations cannot be used ({reasons}), e.g. {ds.skipped[0]}"
+            # what validate_annotation_file said already is not said twice
+            reasons = {k: v for k, v in r["skipped_bad_reasons"].items() if k not in _FILE_LEVEL_REASONS}
+            if reasons:
+                example = next(m for m, k in zip(ds.skipped, ds.skipped_reasons) if k in reasons)
+                n_bad = sum(reasons.values())
+                msg = f"{role}: {n_bad} person annotations cannot be used ({reasons}), e.g. {example}"
                 if "missing_image_file" in reasons:
                     msg += f" -- images missing from {img_dir}: unzip the image archive there"
                 else:
@@ -218,11 +344,12 @@ def check_dataset(root, schema: str, out_png=None, draw: bool = True) -> CheckRe
                 rep.warnings.append(f"{role}: {c[k]} {k} where the official release has {v}: a partial download "
                                     f"or a different version? (fine if you meant to use a subset)")
         rep.counts[role] = c
-    if found.get("det_file") is not None and "val_ann" in datasets:
+    if found.get("det_file") is not None:  # its image ids are checked against val_ann's when that loaded
         from .detections import load_detections
 
+        known = datasets["val_ann"].coco.imgs.keys() if "val_ann" in datasets else None
         try:
-            _, det = load_detections(found["det_file"], datasets["val_ann"].coco.imgs.keys())
+            _, det = load_detections(found["det_file"], known)
             rep.counts["det_file"] = {"detections": det["entries"], "persons": det["kept"]}
         except DataError as e:
             rep.problems.append(f"det_file: {e}")

@@ -222,6 +222,7 @@ class TopDownDataset(Dataset):
         self.coco = self._load_coco()
         self.report: dict = {}
         self.skipped: list[str] = []  # messages of the instances skipped with on_bad="skip"
+        self.skipped_reasons: list[str] = []  # and their reasons (the keys of report["skipped_bad_reasons"])
         self.records = self._build_records()
         self._assign_locations(labelled_fraction)
         self._bad_files: set[str] = set()
@@ -275,6 +276,7 @@ class TopDownDataset(Dataset):
                     raise err from None
                 bad[b.reason] += 1
                 self.skipped.append(str(err))
+                self.skipped_reasons.append(b.reason)
                 continue
             if kps is None:
                 counts["excluded_no_keypoints"] += 1
