@@ -6,13 +6,24 @@
     lofr eval --checkpoint CKPT [--flip-test]         metrics table + COCO results JSON
     lofr predict IMAGE --checkpoint CKPT [--box ...]  draw the skeleton on your own image
     lofr data check ROOT --schema coco|mpii|crowdpose verify a dataset download
+
+Results (tables, summaries) go to stdout; progress bars and log lines to stderr. Exit status: 0 ok;
+2 a user error (``lofr.errors.LofrUserError``: a bad or missing file, annotation, config key or
+value, checkpoint, ...), printed as one line ``lofr <command>: error: <what> (<file / id>)`` on
+stderr (``--debug`` or ``LOFR_DEBUG=1`` adds the traceback), or a usage error from argparse; 1 an
+unexpected error, with its traceback; ``lofr data check`` also exits 1 when its report lists
+problems.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 from pathlib import Path
+
+from lofr.errors import LofrUserError, UsageError
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -99,7 +110,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         try:
             box = [float(v) for v in args.box.split(",")]
         except ValueError:
-            raise SystemExit(f"--box must be x,y,w,h (numbers), got {args.box!r}")
+            raise UsageError(f"--box must be x,y,w,h (numbers), got {args.box!r}") from None
     pred = predict_image(model, args.image, tuple(cfg.data.input_size), cfg.data.schema, box, args.device)
     out = args.out or str(Path(args.image).with_suffix("")) + "_pose.png"
     plot_prediction(pred, out, thr=args.thr, responses=args.responses)
@@ -109,14 +120,21 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+DEBUG_HELP = "on a user error, also print the traceback (or set LOFR_DEBUG=1)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lofr import __version__
 
     p = argparse.ArgumentParser(prog="lofr", description="Location-Free Human Pose Estimation (Xu et al., CVPR 2022)")
     p.add_argument("--version", action="version", version=f"lofr {__version__}")
+    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = p.add_subparsers(dest="command", required=True)
+    # also after the command (lofr eval ... --debug); SUPPRESS keeps a top-level --debug
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
 
-    s = sub.add_parser("synth", help="generate a SynthPose dataset in MS-COCO keypoint layout")
+    s = sub.add_parser("synth", parents=[common], help="generate a SynthPose dataset in MS-COCO keypoint layout")
     s.add_argument("out", help="output folder (annotations/, train2017/, val2017/ are written inside)")
     s.add_argument("--train", type=int, default=None, help="training images (default: the embedded default size)")
     s.add_argument("--val", type=int, default=None, help="validation images")
@@ -127,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_synth)
 
-    q = sub.add_parser("quickstart", help="the main job on the embedded SynthPose default")
+    q = sub.add_parser("quickstart", parents=[common], help="the main job on the embedded SynthPose default")
     q.add_argument("--data", default=None, help="a dataset in COCO layout, e.g. from `lofr synth` (default: SynthPose, "
                                                 "generated into data/synthpose); an empty folder gets SynthPose")
     q.add_argument("--quiet", action="store_true")
@@ -136,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of the synth-cpu config")
     q.set_defaults(func=_cmd_quickstart)
 
-    t = sub.add_parser("train", help="train LOFR / the baseline / Sup-only (torchrun for several GPUs)",
+    t = sub.add_parser("train", parents=[common],
+                       help="train LOFR / the baseline / Sup-only (torchrun for several GPUs)",
                        description="Train from a shipped config (synth-cpu, coco-r50-256x192, ...) or a YAML file. "
                                    "Several GPUs: torchrun --nproc_per_node N -m lofr.cli train ...")
     t.add_argument("--config", default="synth-cpu", help="config name or YAML path (default: synth-cpu)")
@@ -148,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.epochs=3 model=baseline")
     t.set_defaults(func=_cmd_train)
 
-    e = sub.add_parser("eval", help="evaluate a checkpoint: COCO / PCK(h) / CrowdPose metrics + results JSON")
+    e = sub.add_parser("eval", parents=[common],
+                       help="evaluate a checkpoint: COCO / PCK(h) / CrowdPose metrics + results JSON")
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--data", default=None, help="dataset root (default: the one in the checkpoint's config)")
     e.add_argument("--split", choices=("val", "train"), default="val")
@@ -161,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=_cmd_eval)
 
-    pr = sub.add_parser("predict", help="draw the predicted skeleton for one person in your own image")
+    pr = sub.add_parser("predict", parents=[common],
+                        help="draw the predicted skeleton for one person in your own image")
     pr.add_argument("image")
     pr.add_argument("--checkpoint", required=True)
     pr.add_argument("--box", default=None, help="person box x,y,w,h in pixels (default: the whole image)")
@@ -173,22 +194,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     from lofr.data.check import add_data_check_arguments, cmd_data_check
 
-    d = sub.add_parser("data", help="dataset tools")
+    d = sub.add_parser("data", parents=[common], help="dataset tools")
     dsub = d.add_subparsers(dest="data_command", required=True)
-    c = dsub.add_parser("check", help="verify a COCO / MPII / CrowdPose download (files, counts, a drawn sample)")
+    c = dsub.add_parser("check", parents=[common],
+                        help="verify a COCO / MPII / CrowdPose download (files, counts, a drawn sample)")
     add_data_check_arguments(c)
     c.set_defaults(func=cmd_data_check)
     return p
 
 
+def _debug(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "debug", False)) or os.environ.get("LOFR_DEBUG", "") not in ("", "0")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The ``lofr`` command (module docstring): returns the exit status."""
     args = build_parser().parse_args(argv)
+    command = "lofr " + args.command + (f" {args.data_command}" if args.command == "data" else "")
     if args.command == "synth" and (args.train is None or args.val is None):
         from lofr.data import synth
 
         args.train = synth.DEFAULT_TRAIN if args.train is None else args.train
         args.val = synth.DEFAULT_VAL if args.val is None else args.val
-    return args.func(args)
+    try:
+        return args.func(args)
+    except LofrUserError as e:
+        if _debug(args):
+            traceback.print_exc()
+        print(f"{command}: error: {e.user_message()}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -14,13 +14,16 @@ from typing import Any, TypeVar
 
 import yaml
 
+from lofr.errors import LofrUserError
+
 T = TypeVar("T")
 
 __all__ = ["from_dict", "to_dict", "apply_overrides", "load_yaml", "ConfigError"]
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(LofrUserError, ValueError):
+    """A config key or value that is wrong, or a setting that cannot work (a user error: the command
+    line prints it on one line and exits 2)."""
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:

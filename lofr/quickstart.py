@@ -100,6 +100,11 @@ def quickstart(root=None, n_train: int = synth.DEFAULT_TRAIN, n_val: int = synth
     root: None = the embedded default in ``data/synthpose`` (generated, or regenerated when it was made
     with other parameters); a folder that already holds a dataset in the COCO layout (e.g. from
     ``lofr synth``) is used as it is; any other folder gets SynthPose with ``n_train`` / ``n_val``."""
+    if train:  # a bad --set fails now, not after the reference tables
+        from lofr.engine.config import load_config
+
+        for model, _ in TRAINED:
+            load_config("synth-cpu", [*overrides, f"model={model}"])
     if not _has_dataset(root):
         root = synth.ensure_synthpose(root, n_train=n_train, n_val=n_val, progress=progress)
     root = Path(root)

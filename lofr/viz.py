@@ -12,6 +12,7 @@ from lofr.data.schemas import KeypointSchema, get_schema
 from lofr.data.topdown import load_rgb
 from lofr.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, box_to_center_scale, crop_to_image,
                                   get_affine_transform, normalize_image, warp_image)
+from lofr.errors import UsageError
 
 __all__ = ["side_colour", "draw_skeleton", "predict_image", "plot_prediction", "crop_to_rgb", "show_maps",
            "plot_matrix", "show_scale_maps", "skeleton_grid"]
@@ -51,7 +52,7 @@ def predict_image(model, image_path, input_size, schema, box=None, device="cpu")
     h, w = rgb.shape[:2]
     box = (0.0, 0.0, float(w), float(h)) if box is None else tuple(float(v) for v in box)
     if len(box) != 4 or box[2] <= 0 or box[3] <= 0:
-        raise ValueError(f"--box must be x,y,w,h with positive w and h, got {box}")
+        raise UsageError(f"--box must be x,y,w,h with positive w and h, got {box}")
     center, scale = box_to_center_scale(box, input_size[1] / input_size[0])
     mat = get_affine_transform(center, scale, 0.0, input_size)
     image = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255.0  # (3, h, w)

@@ -15,8 +15,31 @@ def test_lofr_synth_writes_coco_layout_and_prints_presence(tmp_path, capsys):
     assert "left_wrist" in text and "train: 6 images" in text
     data = json.loads((out / "annotations" / "person_keypoints_train2017.json").read_text())
     assert len(data["images"]) == 6 and data["categories"][0]["keypoints"][9] == "left_wrist"
-    with pytest.raises(FileExistsError):
-        main(["synth", str(out), "--train", "6", "--val", "2", "--quiet"])
+    assert main(["synth", str(out), "--train", "6", "--val", "2", "--quiet"]) == 2  # no silent overwrite
+    assert "exists; pass overwrite=True (--overwrite)" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sp"]  # no partial folder left beside it
+
+
+def test_lofr_synth_leaves_nothing_when_it_fails_midway(tmp_path, monkeypatch, capsys):
+    from lofr.data import synth
+
+    out = tmp_path / "sp"
+    assert main(["synth", str(out), "--train", "4", "--val", "2", "--seed", "1", "--quiet", "--workers", "1"]) == 0
+    before = {p.relative_to(tmp_path): p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    real = synth.presence_table
+    calls = []
+
+    def fails_on_val(data):
+        calls.append(1)
+        if len(calls) == 2:  # the val split: train is complete by then
+            raise KeyboardInterrupt
+        return real(data)
+
+    monkeypatch.setattr(synth, "presence_table", fails_on_val)
+    with pytest.raises(KeyboardInterrupt):
+        main(["synth", str(out), "--train", "3", "--val", "1", "--overwrite", "--quiet", "--workers", "1"])
+    after = {p.relative_to(tmp_path): p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    assert after == before  # the old dataset untouched, no partial folder
 
 
 def test_quickstart_evaluates_ground_truth_and_prior_through_the_real_evaluator(tmp_path, capsys):
@@ -86,5 +109,5 @@ def test_train_eval_predict_end_to_end(tmp_path, capsys):
     assert main(["predict", str(image), "--checkpoint", str(run / "last.pt"), "--box", "10,10,50,70",
                  "--out", str(png), "--responses"]) == 0
     assert png.stat().st_size > 1000 and "right_ankle" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="--box must be x,y,w,h"):
-        main(["predict", str(image), "--checkpoint", str(run / "last.pt"), "--box", "a,b"])
+    assert main(["predict", str(image), "--checkpoint", str(run / "last.pt"), "--box", "a,b"]) == 2
+    assert "lofr predict: error: --box must be x,y,w,h" in capsys.readouterr().err

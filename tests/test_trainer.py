@@ -339,6 +339,7 @@ def test_resume_refuses_missing_bad_and_mismatched_checkpoints(tiny_synth, tmp_p
     cfg = tiny_cfg(tiny_synth, "max_steps=1")
     with pytest.raises(CheckpointError, match="does not exist"):
         train(cfg, tmp_path / "empty", resume=True, progress=False)
+    assert not (tmp_path / "empty").exists()  # a failed start leaves no run folder
     bad = tmp_path / "bad"
     bad.mkdir()
     with open(bad / "last.pt", "wb") as f:
@@ -348,8 +349,10 @@ def test_resume_refuses_missing_bad_and_mismatched_checkpoints(tiny_synth, tmp_p
     _, out, _ = smoke_run
     with pytest.raises(FileExistsError, match="resume=True"):  # never silently over a finished run
         train(cfg, out, progress=False)
+    saved = (out / "config.yaml").read_text()
     with pytest.raises(ConfigError, match="arch"):
         train(tiny_cfg(tiny_synth, "arch.d_model=64", "max_steps=5"), out, resume=True, progress=False)
+    assert (out / "config.yaml").read_text() == saved  # the refused resume did not rewrite the run's config
 
 
 def test_sup_only_and_baseline_train(tiny_synth, tmp_path):

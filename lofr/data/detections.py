@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 from pycocotools.coco import COCO
 
+from lofr.config_utils import ConfigError
+
 from .errors import DataError
 from .topdown import TopDownDataset, _Record, log
 from .transforms import box_to_center_scale
@@ -167,7 +169,7 @@ def detection_dataset(cfg) -> DetectionTopDown:
     ``data.root``) on ``data.val_ann`` / ``data.val_img``, boxes with score >= ``data.det_score_thr``."""
     d = cfg.data
     if not d.det_file:
-        raise ValueError("data.det_file is empty: set it to the person detection results, e.g. "
+        raise ConfigError("data.det_file is empty: set it to the person detection results, e.g. "
                          "data.det_file=person_detection_results/COCO_val2017_detections_AP_H_56_person.json")
     root = Path(d.root).expanduser()
     return DetectionTopDown(root / d.det_file, root / d.val_ann, root / d.val_img, d.schema, tuple(d.input_size),

@@ -1,18 +1,21 @@
 """The one exception lofr's data code raises for bad input.
 
 A ``DataError`` always says *where* the problem is (the file, and the annotation / image id when
-there is one) and *what* is wrong, so a user can open the file and fix it. It subclasses
-``ValueError`` so generic ``except ValueError`` handlers still catch it.
+there is one) and *what* is wrong, so a user can open the file and fix it. It is a
+``lofr.errors.LofrUserError`` (the command line prints it on one line and exits 2) and a
+``ValueError``, so generic ``except ValueError`` handlers still catch it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from lofr.errors import LofrUserError
+
 __all__ = ["DataError"]
 
 
-class DataError(ValueError):
+class DataError(LofrUserError, ValueError):
     """Bad input data: ``DataError(problem, file=..., ann_id=..., image_id=...)``.
 
     The message reads ``"<file>: annotation id 7 (image id 3): <problem>"``; the parts are also kept
@@ -35,4 +38,10 @@ class DataError(ValueError):
             ids.append(f"image id {image_id}" if not ids else f"(image id {image_id})")
         if ids:
             where.append(" ".join(ids))
+        self.where = where
         super().__init__(": ".join(where + [problem]))
+
+    def user_message(self) -> str:
+        """``<problem> (<file>, annotation id 7 (image id 3))``: what is wrong first, then where."""
+        problem = " ".join(self.problem.split())
+        return f"{problem} ({', '.join(self.where)})" if self.where else problem

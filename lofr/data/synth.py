@@ -55,6 +55,8 @@ import numpy as np
 from PIL import Image, ImageFilter
 from pycocotools import mask as mask_utils
 
+from lofr.errors import OutputExistsError, UsageError
+
 from .schemas import COCO17
 from .synth_figure import Projection, project, sample_figure, sample_view
 from .synth_paint import (FACE_MIN, PART, PARTS_PER_PERSON, Canvas, background, occluder, paint_person,
@@ -330,18 +332,24 @@ def generate(out_dir, n_train: int = DEFAULT_TRAIN, n_val: int = DEFAULT_VAL, se
     (384, 320) renders the same kind of scenes at twice the detail. Returns
     ``{'train': {...}, 'val': {...}, 'wall_time_s': float, 'out_dir': str}`` where each split has
     'images', 'annotations', 'box_height_median' and 'presence' (see :func:`presence_table`).
-    An existing dataset in ``out_dir`` is only replaced with ``overwrite=True``.
+    An existing dataset in ``out_dir`` is only replaced with ``overwrite=True`` (else OutputExistsError).
+
+    Atomic enough that a failure never leaves a half-written dataset: the images and annotation
+    files are written into a sibling ``.<name>.partial-<pid>`` folder (removed on any error) and
+    moved into ``out_dir`` only when both splits are complete, the annotation files last (an old
+    dataset's are removed first, so an interruption during the move leaves no annotation file that
+    disagrees with the images; a stale partial folder is removed by the next run).
     """
     from tqdm.auto import tqdm
 
     for name, n in (("n_train", n_train), ("n_val", n_val)):
         if int(n) != n or n < 0:
-            raise ValueError(f"{name} must be a non-negative integer, got {n!r}")
+            raise UsageError(f"{name} must be a non-negative integer, got {n!r}")
     hw = tuple(int(v) for v in image_size)
     if len(hw) != 2 or min(hw) < 32:
-        raise ValueError(f"image_size must be (H, W) with both >= 32, got {image_size!r}")
+        raise UsageError(f"image_size must be (H, W) with both >= 32, got {image_size!r}")
     if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+        raise UsageError(f"workers must be >= 1, got {workers}")
     out = Path(out_dir)
     t0 = time.perf_counter()
     stats = {}
@@ -350,14 +358,19 @@ def generate(out_dir, n_train: int = DEFAULT_TRAIN, n_val: int = DEFAULT_VAL, se
     for split in ("train", "val"):
         ann = out / "annotations" / f"person_keypoints_{split}2017.json"
         if ann.exists() and not overwrite:
-            raise FileExistsError(f"{ann} exists; pass overwrite=True to regenerate into {out}")
-        shutil.rmtree(out / f"{split}2017", ignore_errors=True)  # no stale images from a bigger run
+            raise OutputExistsError(f"{ann} exists; pass overwrite=True (--overwrite) to regenerate into {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.partial-*"):  # left by a killed run
+        if not _pid_alive(stale.name.rsplit("-", 1)[-1]):
+            shutil.rmtree(stale, ignore_errors=True)
+    stage = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
     pool = _pool_context().Pool(workers) if workers > 1 else None
     try:
         for split, n in (("train", n_train), ("val", n_val)):
-            (out / f"{split}2017").mkdir(parents=True, exist_ok=True)
-            (out / "annotations").mkdir(parents=True, exist_ok=True)
-            jobs = [(str(out), split, int(seed), list(range(i, min(n, i + _CHUNK))), hw, int(jpeg_quality))
+            (stage / f"{split}2017").mkdir(parents=True, exist_ok=True)
+            (stage / "annotations").mkdir(parents=True, exist_ok=True)
+            jobs = [(str(stage), split, int(seed), list(range(i, min(n, i + _CHUNK))), hw, int(jpeg_quality))
                     for i in range(0, n, _CHUNK)]
             results = pool.imap(_render_chunk, jobs) if pool else map(_render_chunk, jobs)
             images, anns = [], []
@@ -377,19 +390,40 @@ def generate(out_dir, n_train: int = DEFAULT_TRAIN, n_val: int = DEFAULT_VAL, se
                 "categories": [{"id": 1, "name": "person", "supercategory": "person",
                                 "keypoints": list(COCO17.keypoints), "skeleton": COCO17.skeleton_coco}],
             }
-            path = out / "annotations" / f"person_keypoints_{split}2017.json"
+            path = stage / "annotations" / f"person_keypoints_{split}2017.json"
             path.write_text(json.dumps(data, separators=(",", ":")))
             heights = [a["bbox"][3] for a in anns]
             stats[split] = {"images": len(images), "annotations": len(anns),
                             "box_height_median": float(np.median(heights)) if heights else 0.0,
                             "presence": presence_table(data)}
-    finally:
         if pool is not None:
             pool.close()
             pool.join()
+            pool = None
+        _move_into_place(stage, out)
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+        shutil.rmtree(stage, ignore_errors=True)
     stats["wall_time_s"] = time.perf_counter() - t0
     stats["out_dir"] = str(out)
     return stats
+
+
+def _move_into_place(stage: Path, out: Path) -> None:
+    """Move a complete dataset from ``stage`` into ``out`` (see :func:`generate`): the old
+    annotation files go first, then the image folders (no stale images from a bigger run), then the
+    new annotation files."""
+    names = [f"person_keypoints_{s}2017.json" for s in SPLITS]
+    (out / "annotations").mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (out / "annotations" / name).unlink(missing_ok=True)
+    for split in SPLITS:
+        shutil.rmtree(out / f"{split}2017", ignore_errors=True)
+        os.replace(stage / f"{split}2017", out / f"{split}2017")
+    for name in names:
+        os.replace(stage / "annotations" / name, out / "annotations" / name)
 
 
 def _load(src) -> tuple[dict, str]:
@@ -477,8 +511,8 @@ def ensure_synthpose(root=None, n_train: int = DEFAULT_TRAIN, n_val: int = DEFAU
         ours = {STAMP, "annotations", "train2017", "val2017"}
         foreign = sorted(p.name for p in root.iterdir() if p.name not in ours)
         if foreign:
-            raise FileExistsError(f"{root} exists and holds files that are not SynthPose's ({foreign[:5]}); "
-                                  "refusing to overwrite it: pass another root or empty it")
+            raise OutputExistsError(f"{root} exists and holds files that are not SynthPose's ({foreign[:5]}); "
+                                    "refusing to overwrite it: pass another root or empty it")
     root.parent.mkdir(parents=True, exist_ok=True)
     for stale in root.parent.glob(f".{root.name}.tmp-*"):  # left by an interrupted run
         if not _pid_alive(stale.name.rsplit("-", 1)[-1]):

@@ -138,7 +138,7 @@ def load_rgb(path, image_id=None) -> np.ndarray:
                 im = im.convert("RGBA")
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
     except FileNotFoundError as e:
-        raise DataError(f"image file not found: {path}", file=path, image_id=image_id) from e
+        raise DataError("image file not found", file=path, image_id=image_id) from e
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"unreadable or truncated image ({type(e).__name__}: {e})",
                         file=path, image_id=image_id) from e

@@ -15,11 +15,14 @@ from typing import Any
 
 import torch
 
+from lofr.errors import LofrUserError
+
 __all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError"]
 
 
-class CheckpointError(RuntimeError):
-    pass
+class CheckpointError(LofrUserError, RuntimeError):
+    """A checkpoint that is missing, unreadable, or not a plain weights file written by lofr (a user
+    error: the command line prints it on one line and exits 2)."""
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:

@@ -109,8 +109,16 @@ def load_model(path, device: str | torch.device = "cpu") -> tuple[nn.Module, Tra
     for key in ("model", "config"):
         if key not in state:
             raise CheckpointError(f"checkpoint {path} has no {key!r}: not written by lofr.engine.train")
-    cfg = load_config(state["config"])
+    try:
+        cfg = load_config(state["config"])
+    except ConfigError as e:
+        raise ConfigError(f"checkpoint {path} holds a config this version of lofr cannot use: {e}") from None
     cfg.arch = {**cfg.arch, "pretrained": False}  # the weights come from the checkpoint
     model = build_model(cfg, state.get("num_keypoints"))
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:  # missing / unexpected keys, shape mismatches
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {path}: its weights do not fit the model its config builds "
+                              f"(written by another version of lofr?): {first}") from e
     return model.to(device).eval(), cfg

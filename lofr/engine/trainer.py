@@ -67,6 +67,7 @@ from lofr.engine.resume import resume_state
 from lofr.engine.runtime import autocast, init_distributed, pick_device, rng_state, seed_everything
 from lofr.engine.sampling import (EpochBatches, SeededSamples, _data_root, _train_indices,  # noqa: F401
                                   build_datasets, sample_seed)
+from lofr.errors import OutputExistsError
 from lofr.models.lofr import LOFR
 from lofr.models.losses import LOFRCriterion, LossWeights
 
@@ -232,14 +233,8 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
                           "statistics) or bn='frozen'")
 
     if not resume and not overwrite and (out_dir / "last.pt").exists():
-        raise FileExistsError(f"{out_dir} already holds a run (last.pt): pass resume=True to continue it, "
-                              "overwrite=True to start it again, or choose another folder")
-    if di.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            for name in ("steps.jsonl", "metrics.jsonl", "results.json", "best.pt", "last.pt"):
-                (out_dir / name).unlink(missing_ok=True)
-        (out_dir / "config.yaml").write_text(yaml.safe_dump(config_dict(cfg), sort_keys=False))
+        raise OutputExistsError(f"{out_dir} already holds a run (last.pt): pass resume=True (--resume) to continue "
+                                "it, overwrite=True (--overwrite) to start it again, or choose another folder")
     if di.enabled:  # rank 0 alone generates SynthPose when it is missing; the others wait for it
         if di.is_main:
             _data_root(cfg)
@@ -272,6 +267,14 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
     if resume:
         step, history, best = resume_state(out_dir / "last.pt", cfg, model, optimizer, scaler)
         run.say(f"resumed from {out_dir / 'last.pt'} at step {step} (epoch {step // spe})")
+    # the run folder is touched only now: bad data, a bad config or an unreadable / mismatched last.pt
+    # (all raised above) leave no folder behind, nor a config.yaml that is not the checkpoint's
+    if di.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            for name in ("steps.jsonl", "metrics.jsonl", "results.json", "best.pt", "last.pt"):
+                (out_dir / name).unlink(missing_ok=True)
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(config_dict(cfg), sort_keys=False))
     core = model
     if di.enabled:
         model = _wrap_ddp(model, criterion.weights, device)
