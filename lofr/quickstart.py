@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -70,9 +71,9 @@ def train_and_compare(root, overrides=(), runs_dir="runs/quickstart", progress: 
         if val_ds is None:
             train_ds, val_ds = build_datasets(cfg)
             prior_pose = mean_pose_prior(train_ds)
-        if progress:
+        if progress:  # progress, like the bars: stderr (stdout holds the results)
             print(f"Training {label} ({config}: {cfg.optim.epochs} epochs of batch {cfg.optim.batch_size}, "
-                  f"{cfg.data.input_size[0]}x{cfg.data.input_size[1]} crops) ...", flush=True)
+                  f"{cfg.data.input_size[0]}x{cfg.data.input_size[1]} crops) ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         result = train(cfg, Path(runs_dir) / model, overwrite=True, progress=progress)
         wall = time.perf_counter() - t0

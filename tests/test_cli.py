@@ -78,6 +78,20 @@ def test_quickstart_no_train_stops_after_the_reference_predictors(tiny_root, tmp
     assert "mean-pose prior" in out and "ground truth (crop and back)" in out
 
 
+def test_quickstart_stdout_holds_the_results_and_stderr_the_progress(tiny_root, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    tiny = ["optim.epochs=1", "max_steps=2", "optim.batch_size=4", "optim.warmup_steps=1", "data.workers=0",
+            "data.eval_batch_size=8", "eval_every=0"]
+    assert main(["quickstart", "--data", str(tiny_root), "--out", str(runs), "--set", *tiny]) == 0
+    captured = capsys.readouterr()
+    out, err = captured.out, captured.err
+    assert "trained on image-level labels only:" in out and "Baseline" in out.split("labels only:")[1]
+    assert "Training LOFR" in err and "epoch 1/1" in err and "epoch 1 step 2: loss" in err  # bars and chatter
+    for progress in ("\r", "it/s", "epoch 1/1", "Training LOFR", "step 2: loss", "effective batch"):
+        assert progress not in out, progress
+    assert (runs / "lofr" / "last.pt").is_file() and (runs / "baseline" / "last.pt").is_file()
+
+
 def test_cli_entry_point_is_installed():
     r = subprocess.run([sys.executable, "-m", "lofr.cli", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "synth" in r.stdout and "quickstart" in r.stdout

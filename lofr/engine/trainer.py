@@ -46,6 +46,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -175,7 +176,8 @@ def _summary_line(epoch: int, record: dict) -> str:
 
 
 class _Run:
-    """Appends JSON lines to the run folder (rank 0 only) and prints through tqdm."""
+    """Appends JSON lines to the run folder (rank 0 only) and prints through tqdm, on stderr with the
+    progress bars (stdout is for results: ``lofr quickstart > log.txt`` holds the tables only)."""
 
     def __init__(self, out_dir: Path, is_main: bool, progress: bool):
         self.out_dir, self.is_main, self.progress = out_dir, is_main, progress
@@ -192,7 +194,7 @@ class _Run:
         if self.progress:
             from tqdm.auto import tqdm
 
-            tqdm.write(msg)
+            tqdm.write(msg, file=sys.stderr)
 
 
 def _set_bn_eval(model: nn.Module) -> None:
