@@ -162,7 +162,7 @@ def test_offline_weights_missing_package_says_what_to_install(monkeypatch):
 
 
 def test_frozen_backbone_keeps_bn_in_eval_and_has_no_gradients():
-    bb = Backbone("efficientnet_lite0", pretrained=False, frozen=True)
+    bb = Backbone("efficientnet_lite0", pretrained=False, freeze_to=16)
     bb.train()
     assert not bb.body.training
     assert all(not p.requires_grad for p in bb.parameters())
@@ -174,7 +174,7 @@ def test_frozen_backbone_keeps_bn_in_eval_and_has_no_gradients():
 
 
 def test_precomputed_features_pass_through_and_are_checked():
-    bb = Backbone("small").eval()
+    bb = Backbone("small", freeze_to=16).eval()
     x = torch.randn(2, 3, 64, 48)
     maps = bb(x)
     assert all(a is b for a, b in zip(bb(maps), maps))
@@ -182,6 +182,43 @@ def test_precomputed_features_pass_through_and_are_checked():
         bb(maps[:2])
     with pytest.raises(ValueError, match="precomputed features"):
         bb([maps[0], maps[1], maps[2][:, :5]])
+    with pytest.raises(ValueError, match="precomputed features"):
+        Backbone("small")(maps)  # nothing is frozen: no maps can stand for the images
+
+
+def test_partly_frozen_lite0_from_cached_maps_equals_from_images():
+    """freeze_to=8: stem + blocks 0-2 frozen (eval BatchNorm, no gradients), blocks 3-4 train; the
+    stride-16 map computed from the cached stride-4 / 8 maps is the one computed from the image."""
+    torch.manual_seed(0)
+    bb = Backbone("efficientnet_lite0", pretrained=True, freeze_to=8)
+    assert bb.cached_strides == (4, 8) and bb.cached_channels == [24, 40]
+    trainable = {n for n, p in bb.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("body.blocks.3.", "body.blocks.4.")) for n in trainable)
+    bb.train()
+    assert not bb.body.blocks[2].training and bb.body.blocks[3].training
+    frozen_part = Backbone("efficientnet_lite0", pretrained=True, strides=(4, 8), freeze_to=8)
+    x = torch.randn(2, 3, 64, 48)
+    bb.eval()
+    with torch.no_grad():
+        direct = bb(x)
+        cached = frozen_part(x)
+        via_cache = bb(cached)
+    assert [tuple(m.shape) for m in via_cache] == [(2, 24, 16, 12), (2, 40, 8, 6), (2, 112, 4, 3)]
+    for a, b in zip(direct, via_cache):
+        torch.testing.assert_close(a, b)
+    # gradients reach blocks 3-4 from the cached maps, and nothing else
+    bb.train()
+    bb(cached)[-1].square().mean().backward()
+    assert all((p.grad is not None) == p.requires_grad for p in bb.parameters())
+    # a model that reads stride 8 only still accepts the cached maps
+    assert [tuple(m.shape) for m in Backbone("efficientnet_lite0", strides=(8,), freeze_to=8)(cached)] == [(2, 40, 8, 6)]
+
+
+def test_partial_freezing_needs_lite0_and_known_strides():
+    with pytest.raises(ValueError, match="partial freezing"):
+        Backbone("small", freeze_to=8)
+    with pytest.raises(ValueError, match="freeze_to"):
+        Backbone("small", freeze_to=5)
 
 
 def test_renormalisation_is_identity_for_imagenet_weights():

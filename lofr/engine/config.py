@@ -58,6 +58,13 @@ class DataConfig:
         annotations the ``head_box`` PCKh needs; "" = none. MPII's JSON conversion files
         (``train_ann`` / ``val_ann``) are converted to COCO format on first use and cached
         (``lofr.data.mpii.ensure_coco``).
+    cache_views / cache_seed / cache_dir: with a pretrained backbone frozen in whole or in part
+        (``arch.pretrained``, ``arch.freeze_to``), ``cache_views`` = K > 0 trains on the frozen part's maps of K
+        augmented views of every training instance, computed once (drawn with ``cache_seed``, not the
+        run's seed, so that seeds share the cache) and stored in float16 under ``cache_dir`` ("" =
+        ``lofr.paths.data_dir() / "feature_cache"``); epoch e reads view e mod K; evaluation reads the
+        cached eval crops and their mirrors. 0 = no cache (the backbone runs on every crop). See
+        ``lofr.engine.feature_cache``.
     det_file / det_score_thr / oks_nms_thr: person detection results (relative to ``root``, "" =
         none) for evaluating on detected boxes (``lofr.data.detections``): boxes with score >=
         ``det_score_thr`` are kept, duplicates removed by OKS-NMS at ``oks_nms_thr``.
@@ -82,6 +89,9 @@ class DataConfig:
     det_file: str = ""
     det_score_thr: float = 0.0
     oks_nms_thr: float = 0.9
+    cache_views: int = 0
+    cache_seed: int = 0
+    cache_dir: str = ""
     synth_train: int = DEFAULT_TRAIN  # only used when root == "" (SynthPose)
     synth_val: int = DEFAULT_VAL
 
@@ -177,6 +187,11 @@ class TrainConfig:
             raise ConfigError(f"data.labelled_fraction must be in [0, 1], got {d.labelled_fraction}")
         if not 0.0 <= d.oks_nms_thr <= 1.0:
             raise ConfigError(f"data.oks_nms_thr must be in [0, 1], got {d.oks_nms_thr}")
+        if d.cache_views < 0:
+            raise ConfigError(f"data.cache_views must be >= 0, got {d.cache_views}")
+        if d.cache_views and not (self.arch.get("freeze_to") and self.arch.get("pretrained")):
+            raise ConfigError("data.cache_views > 0 caches the frozen part of the backbone once: it needs fixed "
+                              "weights, arch.freeze_to > 0 and arch.pretrained=true")
         if d.workers < 0 or d.eval_batch_size < 1:
             raise ConfigError("data.workers must be >= 0 and data.eval_batch_size >= 1")
         if o.lr <= 0 or o.batch_size < 1 or o.epochs < 1:

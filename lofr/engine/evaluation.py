@@ -71,19 +71,25 @@ def predict_records(model: nn.Module, loader: DataLoader, flip_test: bool = True
     from tqdm.auto import tqdm
 
     for batch in tqdm(loader, desc="eval", disable=not progress, leave=False):
-        images = batch["image"].to(device)  # (B, 3, H, W)
-        in_hw = tuple(images.shape[-2:])
+        if "feats" in batch:  # cached backbone maps of the crop and of its mirror image (lofr.engine.feature_cache)
+            inputs = [f.to(device) for f in batch["feats"]]  # [(B, c_s, H/s, W/s)]
+            mirrored = [f.to(device) for f in batch["feats_flip"]] if flip_test else None
+            in_hw = tuple(loader.dataset.input_size)
+        else:
+            inputs = batch["image"].to(device)  # (B, 3, H, W)
+            mirrored = inputs.flip(-1) if flip_test else None
+            in_hw = tuple(inputs.shape[-2:])
         with autocast(device, amp):
-            maps, probs, stride = _maps_and_probs(model, images, source)
+            maps, probs, stride = _maps_and_probs(model, inputs, source)
             if flip_test:
-                maps_f, probs_f, _ = _maps_and_probs(model, images.flip(-1), source)
+                maps_f, probs_f, _ = _maps_and_probs(model, mirrored, source)
                 maps = 0.5 * (maps + maps_f.flip(-1)[:, flip_index])
                 probs = None if probs is None else 0.5 * (probs + probs_f[:, flip_index])
         keypoints, concentration = decode_response_maps(maps, stride)  # (B, C, 2), (B, C)
         scores = maps.amax(dim=(-2, -1)).clamp(0, 1) if probs is None else probs * concentration
         keypoints, scores = keypoints.cpu().numpy(), scores.cpu().numpy()
         meta = batch["meta"]
-        for i in range(len(images)):
+        for i in range(len(keypoints)):
             kp = keypoints[i]
             if int(meta["flipped"][i]):  # a flipped crop (training-mode data): undo the mirror
                 kp = np.stack([in_hw[1] - kp[:, 0], kp[:, 1]], -1)[schema.flip_index]

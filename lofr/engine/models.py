@@ -23,35 +23,43 @@ class SupOnly(nn.Module):
     """Table 4's "Sup-only": the backbone + a heatmap head, trained with the heatmap MSE (Eq. 14) on
     the instances that have locations only.
 
-    The paper re-implements SimpleBaseline / HRNet here. Our head (a choice): the backbone's
-    stride-4, 8 and 16 maps, each 1x1-projected to ``hidden`` channels, upsampled (bilinear) to the
-    stride-4 grid and summed, then conv3x3-BN-ReLU and a 1x1 conv to C heatmaps. So it sees the same
-    backbone depth as LOFR (for ResNet-50: up to layer3) and predicts on LOFR's stride-4 grid.
+    The paper re-implements SimpleBaseline / HRNet here. Our head (a choice): a small top-down
+    pyramid (FPN-like) over the backbone's stride-16, 8 and 4 maps — the stride-16 map is 1x1-projected
+    to ``hidden`` channels and refined by a conv3x3-BN-ReLU, upsampled (nearest) to stride 8 and
+    added to the 1x1-projected stride-8 map, refined again, and the same once more at stride 4; a
+    1x1 conv gives C heatmaps on LOFR's stride-4 grid. It sees the same backbone depth as LOFR (for
+    ResNet-50: up to layer3). Measured on cached frozen Lite0 maps at 128x96 (6 epochs, one view):
+    OKS AP 0.147 / PCK@0.1 0.646, at 3x the speed of the previous head (the three maps summed at
+    stride 4 and one 128-channel conv3x3 there: 0.083 / 0.598).
 
-    forward(images (B, 3, H, W)) -> {"heatmaps": (B, C, H/4, W/4)}
+    forward(images (B, 3, H, W) or the backbone's precomputed maps) -> {"heatmaps": (B, C, H/4, W/4)}
     predict(images) -> {"keypoints" (B, C, 2) input pixels, "scores" (B, C) = heatmap peak in [0, 1]}
     """
 
     def __init__(self, num_keypoints: int, backbone: str = "resnet50", pretrained: bool = False,
-                 hidden: int = 128, schema: str | KeypointSchema | None = None):
+                 hidden: int = 64, schema: str | KeypointSchema | None = None, freeze_to: int = 0):
         super().__init__()
         self.num_keypoints = num_keypoints
         self.schema = get_schema(schema) if schema is not None else None
-        self.backbone = Backbone(backbone, pretrained)  # strides 4, 8, 16
+        self.backbone = Backbone(backbone, pretrained, freeze_to=freeze_to)  # strides 4, 8, 16
         self.strides = [4]
         self.lateral = nn.ModuleList(nn.Conv2d(c, hidden, 1) for c in self.backbone.channels)
-        self.head = nn.Sequential(
-            nn.Conv2d(hidden, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, num_keypoints, 1))
-        nn.init.normal_(self.head[-1].weight, std=0.001)  # SimpleBaseline's init of the final layer
-        nn.init.zeros_(self.head[-1].bias)
+        self.refine = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden),
+                          nn.ReLU(inplace=True)) for _ in self.backbone.channels)
+        self.out = nn.Conv2d(hidden, num_keypoints, 1)
+        nn.init.normal_(self.out.weight, std=0.001)  # SimpleBaseline's init of the final layer
+        nn.init.zeros_(self.out.bias)
 
-    def forward(self, images: torch.Tensor) -> dict:
+    def forward(self, images) -> dict:
         maps = self.backbone(images)  # [(B, c_s, H/s, W/s)] for s = 4, 8, 16
-        size = maps[0].shape[-2:]
-        x = sum(F.interpolate(lat(m), size=size, mode="bilinear", align_corners=False) if m.shape[-2:] != size
-                else lat(m) for lat, m in zip(self.lateral, maps))  # (B, hidden, H/4, W/4)
-        return {"heatmaps": self.head(x)}  # (B, C, H/4, W/4)
+        x = None
+        for lat, ref, m in zip(self.lateral[::-1], self.refine[::-1], maps[::-1]):  # stride 16, then 8, then 4
+            y = lat(m)  # (B, hidden, H/s, W/s)
+            if x is not None:
+                y = y + F.interpolate(x, size=y.shape[-2:], mode="nearest")
+            x = ref(y)
+        return {"heatmaps": self.out(x)}  # (B, C, H/4, W/4)
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, refine: bool = True) -> dict:
@@ -70,7 +78,8 @@ def build_model(cfg: TrainConfig, num_keypoints: int | None = None) -> nn.Module
     if cfg.model == "cam":
         return PlainCAM(config=lcfg)
     if cfg.model == "sup-only":
-        return SupOnly(lcfg.num_keypoints, lcfg.backbone, lcfg.pretrained, schema=lcfg.schema)
+        return SupOnly(lcfg.num_keypoints, lcfg.backbone, lcfg.pretrained, schema=lcfg.schema,
+                       freeze_to=lcfg.freeze_to)
     raise ConfigError(f"model must be 'lofr', 'baseline', 'cam' or 'sup-only', got {cfg.model!r}")
 
 
@@ -90,7 +99,7 @@ def param_groups(model: nn.Module, optim) -> list[dict]:
     Sup-only is all CNN. Weight decay ``optim.weight_decay`` everywhere: an L2 term inside Adam (the
     paper's, ``optim.optimizer=adam``) or decoupled (``adamw``, ``synth-cpu``'s)."""
     if isinstance(model, SupOnly):
-        groups = [{"name": "cnn", "params": list(model.parameters()), "lr": optim.lr}]
+        groups = [{"name": "cnn", "params": [p for p in model.parameters() if p.requires_grad], "lr": optim.lr}]
     else:
         cnn, rest = model.param_groups(optim.lr, optim.transformer_lr_mult, optim.weight_decay)
         groups = [{"name": "cnn", **cnn}, {"name": "transformer", **rest}]

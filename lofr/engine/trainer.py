@@ -137,10 +137,13 @@ def train_step(model: nn.Module, criterion: LOFRCriterion, optimizer: torch.opti
     """One optimiser step on ``batch``: forward (under autocast; losses in float32), backward through
     the AMP ``scaler`` (a no-op unless fp16), optional gradient clipping, step. Returns the loss
     terms as floats; a non-finite loss raises FloatingPointError naming ``where`` and every term."""
-    images = batch["image"].to(device, non_blocking=True)  # (B, 3, H, W)
+    if "feats" in batch:  # a frozen backbone's cached maps [(B, c_s, H/s, W/s)] (lofr.engine.feature_cache)
+        inputs = [f.to(device, non_blocking=True) for f in batch["feats"]]
+    else:
+        inputs = batch["image"].to(device, non_blocking=True)  # (B, 3, H, W)
     targets = {k: batch[k].to(device, non_blocking=True) for k in _TARGETS}
     with autocast(device, amp):
-        outputs = model(images)
+        outputs = model(inputs)
     outputs = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in outputs.items()}
     terms = criterion(outputs, targets)
     loss = terms["total"]
@@ -242,7 +245,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
             _data_root(cfg)
         dist.barrier()
     seed_everything(cfg.seed)  # the same initial weights on every rank
-    train_ds, val_ds = build_datasets(cfg, train=True, val=di.is_main)
+    train_ds, val_ds = build_datasets(cfg, train=True, val=di.is_main or cfg.data.cache_views > 0)
     if cfg.model == "lofr" and cfg.data.labelled_fraction is not None and not cfg.loss.mse:
         log.warning("data.labelled_fraction is set but loss.mse = 0: the locations are never used")
     batches = EpochBatches(_train_indices(cfg, train_ds), per_rank, cfg.seed, di.rank, di.world_size)
@@ -250,12 +253,17 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
     if spe == 0:
         raise ConfigError(f"optim.batch_size {o.batch_size} is larger than the {len(batches.indices)} training "
                           f"instances: not a single step per epoch")
-    loader = DataLoader(SeededSamples(train_ds, cfg.seed), batch_sampler=batches, collate_fn=collate,
+    model = build_model(cfg, train_ds.schema.num_keypoints).to(device)
+    samples, eval_ds = SeededSamples(train_ds, cfg.seed), val_ds
+    if cfg.data.cache_views:  # the heads train on a frozen backbone's cached maps (lofr.engine.feature_cache)
+        from lofr.engine.feature_cache import training_cache
+
+        samples, eval_ds = training_cache(cfg, model, train_ds, val_ds, device, amp, di.is_main, di.enabled,
+                                          progress, run.say)
+    loader = DataLoader(samples, batch_sampler=batches, collate_fn=collate,
                         num_workers=cfg.data.workers, persistent_workers=cfg.data.workers > 0,
                         pin_memory=device.type == "cuda",
                         generator=torch.Generator().manual_seed(cfg.seed))  # never draws from the global RNG
-
-    model = build_model(cfg, train_ds.schema.num_keypoints).to(device)
     if bn == "sync" and di.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     criterion = LOFRCriterion(loss_weights(cfg, model))
@@ -333,7 +341,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
         due = epoch_done and cfg.eval_every and (epoch + 1) % cfg.eval_every == 0
         state_epoch = epoch + 1 if epoch_done else epoch
         if di.is_main and (due or finished):
-            report = evaluate(core, val_ds, cfg.data.eval_batch_size, cfg.data.flip_test, device, amp,
+            report = evaluate(core, eval_ds, cfg.data.eval_batch_size, cfg.data.flip_test, device, amp,
                               prior_pose=prior_pose, results_file=out_dir / "results.json")
             summary = report.summary()
             record = {"epoch": epoch, "step": step, "epoch_done": epoch_done,

