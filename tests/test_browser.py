@@ -96,7 +96,7 @@ def explorer(nb: LabNotebook, limit: float = 60):
 
     def rendered():
         boxes = d.find_elements("css selector", _INTERACT)
-        return boxes and boxes[-1].find_elements("css selector", ".widget-output img") and boxes[-1]
+        return boxes and picture(boxes[-1]) and boxes[-1]
 
     try:
         return nb.wait("the explorer to render as widgets with its picture", rendered, limit=limit)
@@ -116,10 +116,15 @@ def control(box, kind: str, label: str):
 
 
 def picture(box):
-    """(src, pixels) of the explorer's picture once it has loaded."""
-    img = box.find_element("css selector", ".widget-output img")
-    ok = img.parent.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0;", img)
-    return (img.get_attribute("src"), img) if ok else None
+    """(src, img element) of the explorer's picture once it has loaded and is shown (None before)."""
+    imgs = box.find_elements("css selector", ".widget-output img")
+    if not imgs:
+        return None
+    img = imgs[-1]
+    shown = img.parent.execute_script(
+        "const im = arguments[0], r = im.getBoundingClientRect();"
+        "return im.complete && im.naturalWidth > 0 && r.width > 10 && r.height > 10;", img)
+    return (img.get_attribute("src"), img) if shown and img.is_displayed() else None
 
 
 def change_and_compare(nb: LabNotebook, box, what: str, act, limit: float = 120):
@@ -130,21 +135,24 @@ def change_and_compare(nb: LabNotebook, box, what: str, act, limit: float = 120)
     act()
 
     def redrawn():
+        errors = nb.stderr_outputs()
+        if errors:
+            return "error", errors
         p = picture(box)
-        return p if p and p[0] != src0 else None
+        return ("picture", p) if p and p[0] != src0 else None
 
     try:
-        _, img1 = nb.wait(f"the picture to change after {what}", redrawn, limit=limit)
+        kind, value = nb.wait(f"the picture to change after {what}", redrawn, limit=limit)
     except AssertionError as e:
         raise AssertionError(f"{e}: the explorer did not redraw its picture after {what}") from None
+    assert kind == "picture", f"error output after {what}:\n" + "\n".join(value)
+    _, img1 = value
     nb.screenshot(f"picture-after-{what}", img1)
     after = pixels(img1.screenshot_as_png)
     assert before.shape != after.shape or (before != after).any(), f"{what}: the picture's pixels did not change"
     changed = 1.0 if before.shape != after.shape else float((before != after).any(axis=-1).mean())
     nb.log(f"{what}: picture redrawn, {before.shape[1]}x{before.shape[0]} -> {after.shape[1]}x{after.shape[0]} px, "
            f"{changed:.0%} of the pixels changed")
-    errors = nb.stderr_outputs()
-    assert not errors, f"error output after {what}:\n" + "\n".join(errors)
 
 
 def select_other(dropdown, choose=None):
