@@ -225,6 +225,8 @@ class LabNotebook:
     def __init__(self, driver, lab: LabServer, name: str, shots: Path):
         self.driver, self.lab, self.name, self.shots = driver, lab, name, Path(shots)
         self.shots.mkdir(parents=True, exist_ok=True)
+        for old in [*self.shots.glob("*.png"), self.shots / "summary.txt"]:  # an earlier run's
+            old.unlink(missing_ok=True)
         self._n = 0
 
     def log(self, line: str):

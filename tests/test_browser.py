@@ -14,6 +14,7 @@ On a clean clone 09 trains the notebooks' cached LOFR model (minutes), which the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from pathlib import Path
@@ -38,9 +39,11 @@ def lab(tmp_path_factory, request):
     env_dir = os.environ.get("LOFR_BROWSER_SHOTS")
     base = Path(env_dir) if env_dir else tmp_path_factory.mktemp("browser")
     base.mkdir(parents=True, exist_ok=True)
+    capman = request.config.pluginmanager.getplugin("capturemanager")
     reporter = request.config.pluginmanager.getplugin("terminalreporter")
-    if reporter is not None:  # shown whatever the capture mode
-        reporter.write_line(f"\nbrowser test: screenshots and logs in {base}")
+    with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+        if reporter is not None:  # on the terminal whatever the capture mode
+            reporter.write_line(f"browser test: screenshots and logs in {base}")
     previous = signal.signal(signal.SIGTERM, _interrupt)  # a CI timeout's SIGTERM still runs the teardown
     try:
         with LabServer(base / "root", base / "lab") as server:
