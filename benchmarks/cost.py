@@ -82,7 +82,7 @@ def build(config: str, model: str, overrides: list[str], device: torch.device):
     from lofr.engine.config import load_config
     from lofr.engine.trainer import build_model
 
-    cfg = load_config(config, ["arch.pretrained=false", *overrides, f"model={model}"])
+    cfg = load_config(config, ["arch.pretrained=false", "data.cache_views=0", *overrides, f"model={model}"])
     torch.manual_seed(0)
     return cfg, build_model(cfg).to(device)
 

@@ -24,3 +24,10 @@ def data_dir() -> Path:
 def synthpose_dir() -> Path:
     """Default location of the embedded SynthPose dataset."""
     return data_dir() / "synthpose"
+
+
+def feature_cache_dir() -> Path:
+    """Default root of the backbone feature caches (``lofr.engine.feature_cache``):
+    ``$LOFR_FEATURE_CACHE`` if set, else ``data_dir() / "feature_cache"``."""
+    env = os.environ.get("LOFR_FEATURE_CACHE")
+    return Path(env).expanduser() if env else data_dir() / "feature_cache"

@@ -30,9 +30,6 @@ from lofr.data.topdown import TopDownDataset, mean_pose_prior
 from lofr.data.transforms import affine_points, crop_to_image, get_affine_transform
 from lofr.eval import evaluate_keypoints, format_per_joint, format_report, mean_pose_records
 
-QUICKSTART_INPUT = (64, 48)  # (H, W): the CPU default crop
-
-
 def _datasets(root, input_size):
     ann, img = root / "annotations", root
     train = TopDownDataset(ann / "person_keypoints_train2017.json", img / "train2017", "coco", input_size)
@@ -63,6 +60,7 @@ def train_and_compare(root, overrides=(), runs_dir="runs/quickstart", progress: 
     """Train ``config`` as LOFR and as the baseline on the dataset at ``root`` and evaluate both (and
     LOFR's CAM arg-max) next to the mean-pose prior. -> {row label: EvalReport}, plus "timing"."""
     from lofr.engine.config import load_config
+    from lofr.engine.feature_cache import eval_crops
     from lofr.engine.trainer import build_datasets, evaluate, load_model, train
 
     reports, timing, val_ds, prior_pose = {}, {}, None, None
@@ -78,12 +76,13 @@ def train_and_compare(root, overrides=(), runs_dir="runs/quickstart", progress: 
         result = train(cfg, Path(runs_dir) / model, overwrite=True, progress=progress)
         wall = time.perf_counter() - t0
         net, _ = load_model(result["last"])
-        report = evaluate(net, val_ds, cfg.data.eval_batch_size, cfg.data.flip_test, prior_pose=prior_pose)
+        crops = eval_crops(cfg, net, train_ds, val_ds)  # the cached eval crops when the config caches
+        report = evaluate(net, crops, cfg.data.eval_batch_size, cfg.data.flip_test, prior_pose=prior_pose)
         reports[label] = report
         timing[label] = {"wall_s": wall, "steps": result["step"],
                          "images_per_s": result["step"] * cfg.optim.batch_size / max(wall, 1e-9)}
         if model == "lofr":
-            reports["LOFR CAM arg-max"] = evaluate(net, val_ds, cfg.data.eval_batch_size, cfg.data.flip_test,
+            reports["LOFR CAM arg-max"] = evaluate(net, crops, cfg.data.eval_batch_size, cfg.data.flip_test,
                                                    source="cam")
             reports["mean-pose prior"] = report.prior
     return {"reports": reports, "timing": timing}
@@ -101,16 +100,18 @@ def quickstart(root=None, n_train: int = synth.DEFAULT_TRAIN, n_val: int = synth
     root: None = the embedded default in ``data/synthpose`` (generated, or regenerated when it was made
     with other parameters); a folder that already holds a dataset in the COCO layout (e.g. from
     ``lofr synth``) is used as it is; any other folder gets SynthPose with ``n_train`` / ``n_val``."""
-    if train:  # a bad --set fails now, not after the reference tables
-        from lofr.engine.config import load_config
+    from lofr.engine.config import load_config
 
+    # a bad --set fails now, not after the reference tables; the crops are the training config's
+    input_size = tuple(load_config("synth-cpu", list(overrides) if train else []).data.input_size)
+    if train:
         for model, _ in TRAINED:
             load_config("synth-cpu", [*overrides, f"model={model}"])
     if not _has_dataset(root):
         root = synth.ensure_synthpose(root, n_train=n_train, n_val=n_val, progress=progress)
     root = Path(root)
     print(f"SynthPose at {root}")
-    train_ds, val = _datasets(root, QUICKSTART_INPUT)  # not ``train``: that is the flag
+    train_ds, val = _datasets(root, input_size)  # not ``train``: that is the flag
     for name, ds in (("train", train_ds), ("val", val)):
         excluded = {k: v for k, v in ds.report.items() if k not in ("annotations", "kept") and v}
         print(f"  {name}: {len(ds.coco.getImgIds())} images, {ds.report['annotations']} person annotations, "
@@ -128,7 +129,7 @@ def quickstart(root=None, n_train: int = synth.DEFAULT_TRAIN, n_val: int = synth
         "ground truth (crop and back)": evaluate_keypoints(val.coco.dataset, gt, val.schema),
         "mean-pose prior": evaluate_keypoints(val.coco.dataset, prior, val.schema),
     }
-    print(f"Validation, {len(val)} persons, {QUICKSTART_INPUT[0]}x{QUICKSTART_INPUT[1]} crops "
+    print(f"Validation, {len(val)} persons, {input_size[0]}x{input_size[1]} crops "
           "(OKS AP from pycocotools' COCOeval; PCK of the box diagonal):")
     print(format_report(reports))
     print()

@@ -12,6 +12,13 @@ from PIL import Image, ImageDraw
 
 from lofr.data.schemas import COCO17
 
+@pytest.fixture(autouse=True)
+def _feature_caches_in_tmp(monkeypatch, tmp_path_factory):
+    """Backbone feature caches built by tests (synth-cpu caches by default) go to the session's
+    temporary folder, shared by its tests, never to the repository's data/feature_cache."""
+    monkeypatch.setenv("LOFR_FEATURE_CACHE", str(tmp_path_factory.getbasetemp() / "feature_cache"))
+
+
 # A standing person in a 160x120 (W x H) image, COCO-17 order, continuous pixel coordinates.
 PERSON = np.array([
     [80, 20], [77, 17], [83, 17], [74, 19], [86, 19],  # nose, eyes, ears

@@ -145,7 +145,7 @@ def test_table4_quick(tiny_root, tmp_path):
     assert t4.pct(0.05) == "5" and t4.pct(1.0) == "100"
     # the equal-steps budget by hand: 21 instances, batch 4 -> LOFR 10 epochs x 5 = 50 steps; Sup-only at 50 %
     # has round(10.5) = 10 instances, 2 steps per epoch -> 25 epochs, stopped at step 50
-    assert t4.equal_steps("synth-cpu", [f"data.root={tiny_root}", "optim.batch_size=4"], 0.5) == \
+    assert t4.equal_steps("synth-cpu", [f"data.root={tiny_root}", "optim.batch_size=4", "optim.epochs=10"], 0.5) == \
         ["optim.epochs=25", "max_steps=50"]
 
 

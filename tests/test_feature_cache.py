@@ -149,7 +149,7 @@ def test_config_refuses_a_cache_without_fixed_weights(tiny, tmp_path):
                                   "arch.pretrained=true", "arch.freeze_to=0"])
     with pytest.raises(ConfigError, match="pretrained"):
         load_config("synth-cpu", [f"data.root={tiny}", "data.cache_views=2", "arch.backbone=efficientnet_lite0",
-                                  "arch.freeze_to=16"])
+                                  "arch.freeze_to=16", "arch.pretrained=false"])
 
 
 @pytest.mark.parametrize("model", ["lofr", "sup-only"])
@@ -177,3 +177,34 @@ def test_training_on_the_cache_matches_training_on_images(tiny, tmp_path, model)
     for k in ("PCK@0.1", "PCK@0.2"):
         assert report.summary()[k] == pytest.approx(recorded[k], abs=0.05)
     assert (tmp_path / "c").is_dir() and len([p for p in (tmp_path / "c").iterdir() if not p.name.startswith(".")]) == 1
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("shared_cache")
+
+
+@pytest.mark.parametrize("model", ["lofr", "baseline", "cam", "sup-only", "lofr-semi"])
+def test_synth_cpu_as_shipped_trains_each_model_from_one_shared_cache(tiny, tmp_path, shared_cache, model):
+    """The testbed config itself (only the data root and the budget overridden): every model trains
+    from the same cache (one folder), and the heatmap targets live on the grid of the maps the model
+    predicts from (LOFR / baseline stride 8, plain CAM 16, Sup-only 4), so Eq. 14 can compare them."""
+    from lofr.engine.sampling import output_stride
+    from lofr.engine.trainer import build_model, train
+
+    extra = {"lofr-semi": ["model=lofr", "loss.mse=1.0", "data.labelled_fraction=0.5"],
+             "sup-only": ["model=sup-only", "loss.mse=1.0", "data.labelled_fraction=0.5"]}.get(model, [f"model={model}"])
+    cfg = load_config("synth-cpu", [f"data.root={tiny}", f"data.cache_dir={shared_cache}", "data.workers=0",
+                                    "optim.batch_size=8", "max_steps=2",
+                                    "optim.warmup_steps=1", "data.eval_batch_size=16", *extra])
+    stride = {"lofr": 8, "baseline": 8, "cam": 16, "sup-only": 4, "lofr-semi": 8}[model]
+    assert output_stride(cfg) == stride
+    train_ds, _ = build_datasets(cfg, val=False)
+    assert train_ds[0]["heatmaps"].shape[-2:] == (128 // stride, 96 // stride)
+    net = build_model(cfg, 17)
+    with torch.no_grad():
+        out = net.eval()(train_ds[0]["image"][None])
+    assert (out["heatmaps"] if model == "sup-only" else out["response_fused"]).shape[-2:] == (128 // stride, 96 // stride)
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert result["step"] == 2 and result["history"][-1]["val"]["PCK@0.2"] >= 0
+    assert len([p for p in shared_cache.iterdir() if not p.name.startswith(".")]) == 1  # one cache for every model

@@ -35,7 +35,7 @@ def test_sup_only_budget_matches_lofr_steps_and_schedule_length():
     # with a max_steps cap both stop there; the cosine schedule keeps the full run's length
     assert sup_only_budget(6541, 0.05, 32, 10, max_steps=300) == ["optim.epochs=204", "max_steps=300"]
     optim = load_config("synth-cpu", ["optim.epochs=204"]).optim
-    lofr_optim = load_config("synth-cpu").optim
+    lofr_optim = load_config("synth-cpu", ["optim.epochs=10"]).optim
     for step in (150, 299, 1500):  # the same lr at every step, within a partial epoch's stretch
         assert lr_factor(step, 10, optim) == pytest.approx(lr_factor(step, 204, lofr_optim), abs=0.01)
     assert sup_only_budget(100, 0.1, 32, 10) == []  # not one labelled batch: left to the trainer

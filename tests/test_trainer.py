@@ -42,7 +42,9 @@ def tiny_synth(tmp_path_factory):
 
 
 def tiny_cfg(root, *overrides) -> TrainConfig:
-    return load_config("synth-cpu", [f"data.root={root}", *TINY, *overrides])
+    """The trainer's mechanics (resume, DDP, sampling, ...) on the small from-scratch config: fast and no
+    feature cache; the cached synth-cpu path has its own tests (test_feature_cache.py, below)."""
+    return load_config("synth-cpu-scratch", [f"data.root={root}", *TINY, *overrides])
 
 
 def weights(path) -> dict:
@@ -61,7 +63,7 @@ PAPER = [n for n in ("coco-r50-256x192", "coco-r50-384x288", "coco-hrnet32-256x1
 
 
 def test_every_shipped_config_loads_and_the_paper_ones_carry_sec_4_2():
-    assert set(available_configs()) == set(PAPER) | {"synth-cpu", "synth-cpu-guided"}
+    assert set(available_configs()) == set(PAPER) | {"synth-cpu", "synth-cpu-guided", "synth-cpu-scratch"}
     epochs = {"mpii": 160, "crowdpose": 210, "coco": 210}
     for name in PAPER:
         cfg = load_config(name)
@@ -77,14 +79,18 @@ def test_every_shipped_config_loads_and_the_paper_ones_carry_sec_4_2():
         assert cfg.arch["backbone"] == {"r50": "resnet50", "hrnet32": "hrnet_w32",
                                         "hrnet48": "hrnet_w48"}[name.split("-")[1]], name
     assert load_config("mpii-r50-256x256").data.aug.half_body_prob > 0  # "half-body ... adopted" for MPII
-    small = load_config("synth-cpu")
-    assert small.data.root == "" and small.data.input_size == (64, 48) and small.arch["backbone"] == "small"
-    # synth-cpu trains with decoupled decay: the paper's Adam + L2 decayed its attention's q / k to 0 (2 of 3 seeds)
-    assert small.optim.optimizer == "adamw" and small.optim.weight_decay == 1e-4
-    guided = load_config("synth-cpu-guided")  # synth-cpu + the CAM-guided changes, and Adam (its header says why)
-    assert guided.data == small.data and guided.optim == replace(small.optim, optimizer="adam")
-    assert {k: v for k, v in guided.arch.items() if k not in ("cam_stride", "cam_pool", "dec_key_bias")} == small.arch
-    assert (guided.arch["cam_stride"], guided.arch["cam_pool"], guided.arch["dec_key_bias"]) == (8, "lse", True)
+    # the testbed: ImageNet Lite0 from the wheel, 128x96, frozen to stride 8 and cached, LOFR on strides 8 / 16
+    bed = load_config("synth-cpu")
+    assert bed.data.root == "" and bed.data.input_size == (128, 96) and bed.data.cache_views > 0
+    assert (bed.arch["backbone"], bed.arch["pretrained"], bed.arch["freeze_to"]) == ("efficientnet_lite0", True, 8)
+    assert list(bed.arch["ms_strides"]) == [8, 16] and bed.arch["single_scale_stride"] == 8
+    # decoupled decay: the paper's Adam + L2 decayed the attention's q / k to 0 (2 of 3 seeds, synth-cpu-scratch)
+    assert bed.optim.optimizer == "adamw" and bed.optim.weight_decay == 1e-4
+    small = load_config("synth-cpu-scratch")  # the from-scratch testbed of sessions 1-5, as it was
+    assert small.data.input_size == (64, 48) and small.arch["backbone"] == "small" and small.data.cache_views == 0
+    guided = load_config("synth-cpu-guided")  # synth-cpu + the CAM-guided changes (its header says why)
+    assert guided.data == bed.data
+    assert guided.arch["dec_key_bias"] is True
 
 
 def test_load_config_overrides_and_clear_errors(tmp_path):
@@ -124,7 +130,7 @@ def test_lr_factor_warmup_cosine_multistep():
 
 
 def test_param_groups_split_cnn_from_transformer():
-    cfg = load_config("synth-cpu", TINY + ["optim.transformer_lr_mult=0.1"])  # the paper's x0.1
+    cfg = load_config("synth-cpu-scratch", TINY + ["optim.transformer_lr_mult=0.1"])  # the paper's x0.1
     model = build_model(cfg)
     groups = param_groups(model, cfg.optim)
     by_name = {g["name"]: g for g in groups}
@@ -135,8 +141,15 @@ def test_param_groups_split_cnn_from_transformer():
     for module, group in ((model.backbone, "cnn"), (model.cam_head, "cnn"), (model.encoder, "transformer"),
                           (model.decoder, "transformer"), (model.reppg, "transformer"), (model.spe, "transformer")):
         assert {id(p) for p in module.parameters()} <= ids[group], type(module).__name__
-    sup = build_model(load_config("synth-cpu", TINY + ["model=sup-only"]))
+    sup = build_model(load_config("synth-cpu-scratch", TINY + ["model=sup-only"]))
     assert [g["name"] for g in param_groups(sup, cfg.optim)] == ["cnn"]
+    # a partly frozen backbone (synth-cpu): its frozen weights are in no group, the rest in "cnn"
+    bed = load_config("synth-cpu", TINY)
+    model = build_model(bed)
+    grouped = {id(p) for g in param_groups(model, bed.optim) for p in g["params"]}
+    frozen = {id(p) for p in model.parameters() if not p.requires_grad}
+    assert frozen and not frozen & grouped and grouped | frozen == {id(p) for p in model.parameters()}
+    assert all(n.startswith("backbone.body.") for n, p in model.named_parameters() if not p.requires_grad)
 
 
 # ------------------------------------------------------------------------------------ sampling

@@ -62,7 +62,7 @@ class DataConfig:
         (``arch.pretrained``, ``arch.freeze_to``), ``cache_views`` = K > 0 trains on the frozen part's maps of K
         augmented views of every training instance, computed once (drawn with ``cache_seed``, not the
         run's seed, so that seeds share the cache) and stored in float16 under ``cache_dir`` ("" =
-        ``lofr.paths.data_dir() / "feature_cache"``); epoch e reads view e mod K; evaluation reads the
+        ``lofr.paths.feature_cache_dir()``); epoch e reads view e mod K; evaluation reads the
         cached eval crops and their mirrors. 0 = no cache (the backbone runs on every crop). See
         ``lofr.engine.feature_cache``.
     det_file / det_score_thr / oks_nms_thr: person detection results (relative to ``root``, "" =

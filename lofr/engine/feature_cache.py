@@ -15,18 +15,21 @@ and training runs only the trainable blocks and the heads on them:
   every run (and every seed) that uses it — that is what makes several seeds cheap.
 * **evaluation crops**: each eval crop and its mirror image (the flip test), deterministic.
 
-Layout (``<cache root>/<key>/``, root ``data.cache_dir`` or ``lofr.paths.data_dir() / "feature_cache"``)::
+Layout (``<cache root>/<key>/``; root ``data.cache_dir``, else ``$LOFR_FEATURE_CACHE``, else
+``lofr.paths.data_dir() / "feature_cache"``)::
 
     meta.json                 what was cached (key fields, shapes, build time); written last
     train_s{4,8,..}.npy       (K, N, c_s, H/s, W/s) float16, memory-mapped
-    train_targets.npz         labels (K, N, C), keypoints (K, N, C, 2), located (K, N, C),
-                              has_location (N,): the heatmap targets are rebuilt from them
+    train_targets.npz         labels (K, N, C), keypoints (K, N, C, 2), located (K, N, C): the
+                              heatmap targets are rebuilt from them
     val_s{4,8,16}.npy         (2, M, c_s, H/s, W/s) float16: [crop, mirrored crop]
 
 The key is a hash of everything the stored numbers depend on: the backbone (name, strides and a
 hash of its weights), the annotation files (content hash) and image folders (names, sizes,
-mtimes), the crop settings (input size, fill, label rule, augmentation, which instances have locations, the seed)
-and ``K``. Change any of them and a new cache is built; an old one is never read by mistake. A
+mtimes), the crop settings (input size, fill, label rule, augmentation, the seed) and ``K``. What
+differs between the runs that share a cache is not stored: which instances have locations (the
+semi-weak subset: read from the run's own dataset) and the heatmap targets' stride and sigma
+(rebuilt from the stored keypoints by the run's dataset). Change any of them and a new cache is built; an old one is never read by mistake. A
 cache is built into a temporary folder and renamed into place when complete, so an interrupted
 build leaves nothing half-written behind (a stale temporary folder is removed next time).
 float16 keeps 3 significant digits; the heads see the maps through a 1x1 conv and GroupNorm /
@@ -52,7 +55,7 @@ from lofr.data.transforms import gaussian_heatmaps
 from lofr.engine.runtime import autocast
 from lofr.engine.sampling import SeededSamples
 
-__all__ = ["FeatureCache", "CachedTrainSamples", "CachedEvalCrops", "cache_key", "build_feature_cache", "training_cache",
+__all__ = ["FeatureCache", "CachedTrainSamples", "CachedEvalCrops", "cache_key", "build_feature_cache", "training_cache", "eval_crops",
            "CACHE_VERSION"]
 
 CACHE_VERSION = 1  # bump when the layout or what a view holds changes
@@ -99,8 +102,6 @@ def cache_key(backbone, train_ds: TopDownDataset, val_ds: TopDownDataset, views:
         fields[split] = {
             "data": dh.hexdigest(), "n": len(ds), "input_size": list(ds.input_size), "fill": ds.fill,
             "labels": ds.label_rule, "train": ds.train, "aug": dataclasses.asdict(ds.aug) if ds.train else None,
-            "has_location": hashlib.sha1(np.array([r.has_location for r in ds.records], np.float32)).hexdigest(),
-            "heatmap": [ds.heatmap_stride, ds.sigma],
         }
     h.update(json.dumps(fields, sort_keys=True).encode())
     return h.hexdigest()[:16], fields
@@ -140,7 +141,7 @@ class _TrainViews(Dataset):
 
     def __getitem__(self, j: int) -> dict:
         s = self.samples[divmod(j, self.n)]
-        keep = ("image", "labels", "keypoints", "visible", "has_location")
+        keep = ("image", "labels", "keypoints", "visible")
         return {k: s[k] for k in keep}
 
 
@@ -169,7 +170,7 @@ def build_feature_cache(backbone, train_ds: TopDownDataset, val_ds: TopDownDatas
     when it does not. ``backbone`` is the frozen part alone (``Backbone(..., strides=(4, .., s), freeze_to=s)``,
     its maps = what is stored). ``log`` gets one
     line when a cache is built (where, how big, how long)."""
-    from lofr.paths import data_dir
+    from lofr.paths import feature_cache_dir
 
     if not backbone.freeze_to or tuple(backbone.strides) != backbone.cached_strides:
         raise ValueError("build_feature_cache: the backbone must be frozen (arch.freeze_to > 0; the maps of a backbone "
@@ -179,7 +180,7 @@ def build_feature_cache(backbone, train_ds: TopDownDataset, val_ds: TopDownDatas
     if not train_ds.train or val_ds.train:
         raise ValueError("build_feature_cache: needs a training-mode train set and an eval-mode val set")
     key, fields = cache_key(backbone, train_ds, val_ds, views, seed)
-    root = Path(root) if root else data_dir() / "feature_cache"
+    root = Path(root) if root else feature_cache_dir()
     folder = root / key
     if (folder / "meta.json").is_file():
         return FeatureCache(folder)
@@ -206,7 +207,6 @@ def build_feature_cache(backbone, train_ds: TopDownDataset, val_ds: TopDownDatas
         labels = np.zeros((views * n, c), np.float32)
         keypoints = np.zeros((views * n, c, 2), np.float32)
         located = np.zeros((views * n, c), np.float32)
-        has_location = np.array([r.has_location for r in train_ds.records], np.float32)
 
         loader = DataLoader(_TrainViews(train_ds, seed, views), batch_size=batch_size, shuffle=False,
                             num_workers=workers, collate_fn=collate)
@@ -225,8 +225,7 @@ def build_feature_cache(backbone, train_ds: TopDownDataset, val_ds: TopDownDatas
             a.flush()
         del train_out, val_out, train_files, val_files
         np.savez(tmp / "train_targets.npz", labels=labels.reshape(views, n, c),
-                 keypoints=keypoints.reshape(views, n, c, 2), located=located.reshape(views, n, c),
-                 has_location=has_location)
+                 keypoints=keypoints.reshape(views, n, c, 2), located=located.reshape(views, n, c))
         meta = {"fields": fields, "key": key, "build_s": round(time.perf_counter() - t0, 1),
                 "shapes": {str(s): list(shapes[s]) for s in backbone.strides}, "n_train": n, "n_val": m}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -254,13 +253,16 @@ class CachedTrainSamples(Dataset):
     """``samples[(epoch, index)]`` -> a training sample from the cache: view ``epoch mod K`` of
     instance ``index``. The same keys as :class:`~lofr.engine.sampling.SeededSamples` (so
     ``EpochBatches`` drives both), and the fields the criterion reads: ``feats`` (the backbone's maps,
-    float32), ``labels``, ``heatmaps`` (rebuilt from the cached keypoints), ``target_weight``,
-    ``has_location``. ``feats`` are the frozen part's maps; the model's backbone runs the rest."""
+    float32), ``labels``, ``heatmaps`` (rebuilt from the cached keypoints at the dataset's heatmap
+    stride and sigma), ``target_weight``,
+    ``has_location`` (the dataset's: its semi-weak subset). ``feats`` are the frozen part's maps; the
+    model's backbone runs the rest."""
 
     def __init__(self, cache: FeatureCache, dataset: TopDownDataset):
         self.cache, self.n = cache, len(dataset)
         self.maps = cache.train_maps
         self.input_size, self.stride, self.sigma = dataset.input_size, dataset.heatmap_stride, dataset.sigma
+        self.has_location = np.array([r.has_location for r in dataset.records], np.float32)
         if cache.meta["n_train"] != self.n:
             raise ValueError(f"feature cache {cache.folder} holds {cache.meta['n_train']} training crops, "
                              f"the dataset {self.n}")
@@ -278,7 +280,7 @@ class CachedTrainSamples(Dataset):
             "labels": torch.from_numpy(t["labels"][v, index].copy()),
             "heatmaps": torch.from_numpy(gaussian_heatmaps(kp, located, self.input_size, self.stride, self.sigma)),
             "target_weight": torch.from_numpy(located.copy()),
-            "has_location": torch.tensor(float(t["has_location"][index])),
+            "has_location": torch.tensor(float(self.has_location[index])),
         }
 
 
@@ -347,3 +349,12 @@ def training_cache(cfg, model, train_ds: TopDownDataset, val_ds: TopDownDataset,
     if not is_main:
         cache = build_feature_cache(frozen_part, train_ds, val_ds, **kwargs)  # built by rank 0: opened
     return CachedTrainSamples(cache, train_ds), CachedEvalCrops(cache, val_ds)
+
+
+def eval_crops(cfg, model, train_ds: TopDownDataset, val_ds: TopDownDataset):
+    """What to evaluate a trained ``model`` of ``cfg`` on: the cached eval crops when ``cfg`` caches
+    (``data.cache_views`` > 0; built when missing), else ``val_ds`` itself (its images)."""
+    if not cfg.data.cache_views:
+        return val_ds
+    device = next(model.parameters()).device
+    return training_cache(cfg, model, train_ds, val_ds, device, "off", True, False, False)[1]

@@ -14,9 +14,9 @@ from torch.utils.data import Dataset, DistributedSampler, Sampler
 from lofr.config_utils import ConfigError
 from lofr.data.schemas import get_schema
 from lofr.data.topdown import TopDownDataset
-from lofr.engine.config import TrainConfig
+from lofr.engine.config import TrainConfig, lofr_config
 
-__all__ = ["sample_seed", "SeededSamples", "EpochBatches", "build_datasets"]
+__all__ = ["sample_seed", "SeededSamples", "EpochBatches", "build_datasets", "output_stride"]
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -94,7 +94,8 @@ def build_datasets(cfg: TrainConfig, train: bool = True, val: bool = True):
     semi-weak setting is drawn with ``cfg.seed``."""
     d = cfg.data
     root = _data_root(cfg)
-    common = dict(schema=d.schema, input_size=tuple(d.input_size), fill=d.fill, on_bad=d.on_bad)
+    common = dict(schema=d.schema, input_size=tuple(d.input_size), fill=d.fill, on_bad=d.on_bad,
+                  heatmap_stride=output_stride(cfg))
     train_ann, val_ann = root / d.train_ann, root / d.val_ann
     if get_schema(d.schema).name == "mpii":  # MPII's JSON conversion -> a cached COCO-format file
         from lofr.data.mpii import ensure_coco
@@ -106,6 +107,20 @@ def build_datasets(cfg: TrainConfig, train: bool = True, val: bool = True):
                               labelled_fraction=d.labelled_fraction, seed=cfg.seed, **common) if train else None
     val_ds = TopDownDataset(val_ann, root / d.val_img, train=False, **common) if val else None
     return train_ds, val_ds
+
+
+def output_stride(cfg: TrainConfig) -> int:
+    """The stride of the maps ``cfg.model`` predicts keypoints from, where the heatmap targets must
+    live: Sup-only's heatmaps 4; LOFR's fused response = its finest encoder map (``ms_strides[0]``,
+    or ``single_scale_stride``); the baseline's ``single_scale_stride``; the plain CAM's ``cam_stride``."""
+    if cfg.model == "sup-only":
+        return 4
+    arch = lofr_config(cfg)
+    if cfg.model == "cam":
+        return arch.cam_stride
+    if cfg.model == "baseline" or not arch.multi_scale:
+        return arch.single_scale_stride
+    return min(arch.ms_strides)
 
 
 def _train_indices(cfg: TrainConfig, dataset: TopDownDataset) -> list[int]:
