@@ -169,7 +169,7 @@ def test_decode_response_maps_hand_computed():
     maps[0, 0, 0, 2], maps[0, 0, 2, 2] = 0.07, 0.03
     maps[0, 1, 0, 0] = 1.0  # peak in a corner: no refinement (a neighbour is missing)
     maps[0, 2] = 1.0 / 12  # uniform map
-    kp, conc = decode_response_maps(maps, stride=4)
+    kp, conc = decode_response_maps(maps, stride=4, refine="quarter")
     assert kp[0, 0].tolist() == [(2.5 + 0.25) * 4, (1.5 - 0.25) * 4]
     assert kp[0, 1].tolist() == [0.5 * 4, 0.5 * 4]
     kp_raw, _ = decode_response_maps(maps, stride=4, refine=False)
@@ -177,6 +177,30 @@ def test_decode_response_maps_hand_computed():
     assert conc[0, 0].item() == pytest.approx(1 - 1 / (12 * 0.6))
     assert conc[0, 1].item() == pytest.approx(1 - 1 / 12)
     assert conc[0, 2].item() == pytest.approx(0.0, abs=1e-6)
+    # the default (Taylor): the corner peak and the flat map have no concave neighbourhood -> as "quarter"
+    kp_t, _ = decode_response_maps(maps, stride=4)
+    assert kp_t[0, 1].tolist() == kp[0, 1].tolist()
+
+
+def test_decode_taylor_recovers_a_sampled_gaussian_exactly():
+    """log of a sampled Gaussian is a quadratic: its Taylor step lands on the centre. Centre at
+    (x, y) = (2.8, 1.35) cells, sigma 1 cell, on a 4x6 grid: cell (i, j) centred at (j + 0.5, i + 0.5)."""
+    h, w, sigma = 4, 6, 1.0
+    yy, xx = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+    x0, y0 = 2.8, 1.35
+    g = torch.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2 * sigma ** 2))
+    kp, _ = decode_response_maps(g[None, None], stride=4)
+    assert kp[0, 0].tolist() == pytest.approx([x0 * 4, y0 * 4], abs=1e-4)
+    # by hand for x: the peak cell is j = 2 (centre 2.5); d/dx log g = (x0 - 2.5) / sigma^2 = 0.3,
+    # d2/dx2 = -1 / sigma^2 -> offset 0.3 cell. A narrow, skewed peak: log m = -(x - 2.5)^2 / 0.18 + 3 (x - 2.5)
+    # peaks at 2.5 + 3 * 0.09 = 2.77, still in cell 2
+    far = torch.exp(-((xx - 2.5) ** 2) / (2 * 0.3 ** 2) - ((yy - 1.5) ** 2) / 2) * torch.exp(3.0 * (xx - 2.5))
+    kp_far, _ = decode_response_maps(far[None, None], stride=1)
+    assert kp_far[0, 0, 0].item() == pytest.approx(2.77, abs=1e-4)
+    # the quarter-cell rule would have said 2.75 for both; no refinement 2.5
+    assert decode_response_maps(far[None, None], 1, refine="quarter")[0][0, 0, 0].item() == 2.75
+    with pytest.raises(ValueError, match="refine"):
+        decode_response_maps(g[None, None], 4, refine="dark")
 
 
 def test_predict_keypoints_in_crop_pixels():
