@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from lofr.models.cam import CAMHead, class_activation_maps, keypoint_vectors, lse_pool
+from lofr.models.cam import CAMHead, class_activation_maps, keypoint_vectors, leaky_max_pool, lse_pool
 from lofr.models.position import LearnedPositionEncoding, SinePositionEncoding
 from lofr.models.spe import SPE, cam_peaks, keypoint_location_maps, render_location_maps
 
@@ -39,6 +39,28 @@ def test_lse_pool_hand_computed_and_limits():
     x = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     assert torch.allclose(lse_pool(x, 1e-4), x.mean(dim=(2, 3)), atol=1e-3)  # r -> 0: GAP
     assert torch.allclose(lse_pool(x, 1e4), x.amax(dim=(2, 3)), atol=1e-3)  # r -> inf: max
+
+
+def test_leaky_max_pool_hand_computed_and_its_gradient():
+    # map [1, 3, 2, -1], eps 0.1: 3 - 0.1 (1 + 2 - 1) = 2.8; the non-maximum cells get gradient -0.1
+    m = torch.tensor([[[[1.0, 3.0], [2.0, -1.0]]]], requires_grad=True)
+    y = leaky_max_pool(m, 0.1)
+    assert torch.allclose(y, torch.tensor([[2.8]]))
+    y.sum().backward()
+    assert torch.allclose(m.grad, torch.tensor([[[[-0.1, 1.0], [-0.1, -0.1]]]]))
+    # a dense map scores below a sparse one with the same maximum (LMPNet's point); eps 0 = max pooling
+    dense, sparse = torch.full((1, 1, 2, 2), 3.0), torch.tensor([[[[3.0, 0.0], [0.0, 0.0]]]])
+    assert leaky_max_pool(dense, 0.1) < leaky_max_pool(sparse, 0.1)
+    assert torch.allclose(leaky_max_pool(dense, 0.0), torch.tensor([[3.0]]))
+    torch.manual_seed(0)
+    head = CAMHead(8, 3, 4, pool="lmp", lmp_eps=0.05)
+    out = head(torch.randn(2, 8, 4, 3))
+    scores = torch.einsum("ck,bkhw->bchw", head.fc.weight, out["x_prime"])
+    flat = scores.flatten(2)
+    expected = flat.amax(-1) - 0.05 * (flat.sum(-1) - flat.amax(-1)) + head.fc.bias
+    assert torch.allclose(out["logits"], expected, atol=1e-5)
+    with pytest.raises(ValueError, match="lmp_eps"):
+        CAMHead(8, 3, 4, pool="lmp", lmp_eps=-1.0)
 
 
 def test_cam_head_lse_logits_are_the_smooth_max_of_the_cam_scores():

@@ -21,6 +21,12 @@ over the whole person (the box's extent already predicts which joints are in the
 smooth maximum a few cells must carry the evidence, and the CAM peaks there (measured on SynthPose:
 CAM arg-max PCK@0.1 0.04 with GAP, 0.24 with LSE r=5, stride-8 map, 1500 steps).
 
+Choice (not in the paper; from the weakly-supervised keypoint-discovery literature): ``pool="lmp"``,
+leaky max pooling (LMPNet, Guo & Farrell 2025): logits_c = max_{x,y} s_c - eps sum_{(x,y) != argmax} s_c
++ b_c. Like max pooling one cell carries the evidence, and every other cell's score is pushed DOWN
+(its gradient is -eps): a class map that is high everywhere lowers its own logit, so the map must
+be sparse — a keypoint detector rather than a "person is here" detector.
+
 Choice (Eq. 2's weighting is left open by the paper): the literal sum grows with h*w and mixes
 signs, so by default the weights are a spatial softmax of x'_c (positive, summing to 1 over the
 map, independent of the resolution): f_c = sum_{i,j} softmax_{ij}(x'_c) x^c_{i,j}.
@@ -35,10 +41,10 @@ import torch
 from einops import rearrange
 from torch import nn
 
-__all__ = ["CAMHead", "cam_scores", "class_activation_maps", "keypoint_vectors", "lse_pool"]
+__all__ = ["CAMHead", "cam_scores", "class_activation_maps", "keypoint_vectors", "lse_pool", "leaky_max_pool"]
 
 WEIGHTINGS = ("softmax", "mean", "sum")
-POOLS = ("gap", "lse")
+POOLS = ("gap", "lse", "lmp")
 
 
 def lse_pool(maps: torch.Tensor, r: float) -> torch.Tensor:
@@ -46,6 +52,13 @@ def lse_pool(maps: torch.Tensor, r: float) -> torch.Tensor:
     and the max of each map)."""
     flat = rearrange(maps, "b c h w -> b c (h w)")
     return (torch.logsumexp(r * flat, dim=-1) - math.log(flat.shape[-1])) / r
+
+
+def leaky_max_pool(maps: torch.Tensor, eps: float) -> torch.Tensor:
+    """Leaky max pooling (LMPNet): (B, C, h, w) -> (B, C), max - eps * (sum of every other cell)."""
+    flat = rearrange(maps, "b c h w -> b c (h w)")
+    top = flat.max(dim=-1).values  # (B, C)
+    return top - eps * (flat.sum(dim=-1) - top)
 
 
 def cam_scores(x_prime: torch.Tensor, fc_weight: torch.Tensor) -> torch.Tensor:
@@ -86,7 +99,7 @@ class CAMHead(nn.Module):
     x_prime (B, C, h, w)). See the module docstring for Eq. 1-2 and the ``weighting`` choice."""
 
     def __init__(self, in_channels: int, num_keypoints: int, proto_dim: int, weighting: str = "softmax",
-                 pool: str = "gap", lse_r: float = 5.0):
+                 pool: str = "gap", lse_r: float = 5.0, lmp_eps: float = 0.01):
         super().__init__()
         if weighting not in WEIGHTINGS:
             raise ValueError(f"CAMHead: weighting must be one of {WEIGHTINGS}, got {weighting!r}")
@@ -94,7 +107,9 @@ class CAMHead(nn.Module):
             raise ValueError(f"CAMHead: pool must be one of {POOLS}, got {pool!r}")
         if pool == "lse" and not lse_r > 0:
             raise ValueError(f"CAMHead: lse_r must be > 0, got {lse_r}")
-        self.pool, self.lse_r = pool, lse_r
+        if pool == "lmp" and not lmp_eps >= 0:
+            raise ValueError(f"CAMHead: lmp_eps must be >= 0, got {lmp_eps}")
+        self.pool, self.lse_r, self.lmp_eps = pool, lse_r, lmp_eps
         self.to_classes = nn.Conv2d(in_channels, num_keypoints, 1)  # X -> X'
         self.fc = nn.Linear(num_keypoints, num_keypoints)  # GAP(X') -> logits
         self.to_proto = nn.Conv2d(in_channels, proto_dim, 1)  # X -> X^c
@@ -105,8 +120,10 @@ class CAMHead(nn.Module):
         scores = cam_scores(x_prime, self.fc.weight)  # (B, C, h, w)  Eq. 1 before the ReLU
         if self.pool == "gap":
             logits = self.fc(x_prime.mean(dim=(2, 3)))  # (B, C)
-        else:  # smooth max of the class maps s_c
+        elif self.pool == "lse":  # smooth max of the class maps s_c
             logits = lse_pool(scores, self.lse_r) + self.fc.bias  # (B, C)
+        else:  # leaky max of the class maps s_c
+            logits = leaky_max_pool(scores, self.lmp_eps) + self.fc.bias  # (B, C)
         cams = scores.relu()  # (B, C, h, w)  Eq. 1
         protos = keypoint_vectors(x_prime, self.to_proto(x), self.weighting)  # (B, C, D')  Eq. 2
         return {"logits": logits, "cams": cams, "protos": protos, "x_prime": x_prime}

@@ -126,8 +126,9 @@ class LOFRConfig:
     cam_stride: int = 16  # the backbone map the CAM head reads (4, 8 or 16)
     dec_key_bias: bool = False  # add gamma * log(F^key_c + eps) to query c's cross-attention logits
     dec_logits: Literal["query", "part"] = "query"  # what the decoder's classifier reads (decoder.py)
-    cam_pool: Literal["gap", "lse"] = "gap"  # the CAM head's pooling (the paper: GAP; see cam.py)
+    cam_pool: Literal["gap", "lse", "lmp"] = "gap"  # the CAM head's pooling (the paper: GAP; see cam.py)
     cam_lse_r: float = 5.0  # its sharpness with cam_pool="lse"
+    cam_lmp_eps: float = 0.01  # the leak of cam_pool="lmp" (LMPNet's leaky max pooling)
     loss: LossWeights = field(default_factory=LossWeights)
 
     @classmethod
@@ -183,8 +184,8 @@ class LOFRConfig:
                              "location maps F^key, Eq. 3, which only exist with SPE)")
         if self.dec_value not in ("memory", "local"):
             raise ValueError(f"LOFRConfig: dec_value must be 'memory' or 'local', got {self.dec_value!r}")
-        if self.cam_pool not in ("gap", "lse"):
-            raise ValueError(f"LOFRConfig: cam_pool must be 'gap' or 'lse', got {self.cam_pool!r}")
+        if self.cam_pool not in ("gap", "lse", "lmp"):
+            raise ValueError(f"LOFRConfig: cam_pool must be 'gap', 'lse' or 'lmp', got {self.cam_pool!r}")
         if self.d_model % self.nhead:
             raise ValueError(f"LOFRConfig: d_model {self.d_model} not divisible by nhead {self.nhead}")
         if self.cam_stride not in BACKBONE_STRIDES:
@@ -324,7 +325,7 @@ class LOFR(nn.Module):
         self.input_proj = nn.ModuleList(
             nn.Sequential(nn.Conv2d(channels[s], d, 1), nn.GroupNorm(math.gcd(32, d), d)) for s in self.strides)
         self.cam_head = CAMHead(channels[self.cam_stride], c, d, cfg.proto_weighting,
-                                cfg.cam_pool, cfg.cam_lse_r) if cfg.cam_head else None
+                                cfg.cam_pool, cfg.cam_lse_r, cfg.cam_lmp_eps) if cfg.cam_head else None
 
         if cfg.position == "sine":
             self.pos_embed = SinePositionEncoding(d)
@@ -478,7 +479,7 @@ class PlainCAM(nn.Module):
         self.strides = [cfg.cam_stride]
         self.backbone = Backbone(cfg.backbone, cfg.pretrained, strides=(cfg.cam_stride,), freeze_to=cfg.freeze_to)
         self.cam_head = CAMHead(self.backbone.channels[0], cfg.num_keypoints, cfg.d_model, cfg.proto_weighting,
-                                cfg.cam_pool, cfg.cam_lse_r)
+                                cfg.cam_pool, cfg.cam_lse_r, cfg.cam_lmp_eps)
 
     def forward(self, images: torch.Tensor) -> dict:
         cam = self.cam_head(self.backbone(images)[0])
