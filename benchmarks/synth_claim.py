@@ -66,6 +66,17 @@ def seed_dir(base: Path, key: str, seed: int, n_seeds: int, loading: bool = Fals
     return flat
 
 
+def trained_timing(run: Path, batch: int) -> dict:
+    """What a loaded run's metrics.jsonl says of its training: train_s (the time of its last evaluation,
+    evaluations included), steps, batch and the images/s that gives; {} without the file."""
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        return {}
+    last = [json.loads(line) for line in path.read_text().splitlines() if line.strip()][-1]
+    return {"train_s": last["time_s"], "steps": last["step"], "batch": batch,
+            "images_per_s": round(last["step"] * batch / max(last["time_s"], 1e-9), 1), "from": "metrics.jsonl"}
+
+
 def mean_timing(runs: list[dict]) -> dict:
     """The timing dicts of one row's seeds -> one: train_s / images_per_s / eval_s averaged, the rest
     from the first run."""
@@ -156,6 +167,7 @@ def main(argv=None) -> dict:
             t = {"seed": seed}
             if args.checkpoint_dir:
                 model, cfg = load_model(run_dir / "last.pt")
+                t.update(trained_timing(run_dir, cfg.optim.batch_size))
             else:
                 t0 = time.perf_counter()
                 res = train(cfg, run_dir, overwrite=True, progress=False)
@@ -169,7 +181,7 @@ def main(argv=None) -> dict:
             t0 = time.perf_counter()
             report = evaluate(model, crops, cfg.data.eval_batch_size, cfg.data.flip_test, prior_pose=prior_pose)
             eval_s = time.perf_counter() - t0
-            if "train_s" in t:  # train() evaluated every eval_every epochs: leave that out of the rate
+            if "train_s" in t and "from" not in t:  # train() evaluated every eval_every epochs: leave that out
                 t["images_per_s"] = round(t["steps"] * t["batch"] / max(t["train_s"] - t["evals_in_training"] * eval_s,
                                                                        1e-9), 1)
             t["eval_s"] = round(eval_s, 1)

@@ -229,7 +229,13 @@ def build_feature_cache(backbone, train_ds: TopDownDataset, val_ds: TopDownDatas
         meta = {"fields": fields, "key": key, "build_s": round(time.perf_counter() - t0, 1),
                 "shapes": {str(s): list(shapes[s]) for s in backbone.strides}, "n_train": n, "n_val": m}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        os.replace(tmp, folder)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process built the same cache meanwhile: use that one
+            if not (folder / "meta.json").is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+            return FeatureCache(folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
