@@ -210,7 +210,8 @@ return Array.from(document.querySelectorAll(NB + ' .jp-CodeCell')).map(
 _STDERR_JS = _NB_JS + f"""
 return Array.from(document.querySelectorAll(NB + ' .jp-CodeCell')).flatMap((c, i) =>
     Array.from(c.querySelectorAll('.jp-OutputArea-output[data-mime-type="{STDERR_MIME}"]')).map(
-        o => '[code cell ' + i + '] ' + o.textContent.slice(0, 2000)));
+        o => '[code cell ' + i + '] ' + (o.textContent.length > 2500 ?  // a traceback ends with its message
+            o.textContent.slice(0, 500) + '\\n[...]\\n' + o.textContent.slice(-2000) : o.textContent)));
 """
 
 _IMAGES_JS = _NB_JS + """
