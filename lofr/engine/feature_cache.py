@@ -346,8 +346,9 @@ def training_cache(cfg, model, train_ds: TopDownDataset, val_ds: TopDownDataset,
             raise ValueError(f"the model's frozen backbone weight {k} is not the pretrained one: a feature cache "
                              "stands for the pretrained weights only")
     d = cfg.data
+    # building is mostly JPEG decoding and warping: one loader process at least, whatever training uses
     kwargs = dict(views=d.cache_views, seed=d.cache_seed, root=d.cache_dir or None, device=device, amp=amp,
-                  workers=d.workers, batch_size=d.eval_batch_size, progress=progress, log=say)
+                  workers=max(1, d.workers), batch_size=d.eval_batch_size, progress=progress, log=say)
     if is_main:
         cache = build_feature_cache(frozen_part, train_ds, val_ds, **kwargs)
     if distributed:
