@@ -80,7 +80,7 @@ def cache_info(cfg) -> dict:
     samples, _ = training_cache(cfg, build_model(cfg, 17), train_ds, val_ds, "cpu", "off", True, False, True)
     c = samples.cache
     return {"folder": str(c.folder), "views": c.views, "train_crops": c.meta["n_train"], "eval_crops": c.meta["n_val"],
-            "gib": round(c.nbytes() / 2**30, 3), "build_s": c.meta["build_s"], "strides": list(c.strides)}
+            "gib": round(c.nbytes() / 2**30, 3), "build_s": round(c.build_seconds(), 1), "strides": list(c.strides)}
 
 
 def long_run(args, common: list[str]) -> dict:

@@ -74,13 +74,14 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    # The synth-cpu testbed (ImageNet Lite0 frozen to stride 8, its maps cached: the first notebook
-    # that trains builds the cache, ~3-4 min, and every later one reuses it) for 200 steps: minutes on
-    # 2 cores; the full synth-cpu budget is `lofr quickstart` / benchmarks/synth_claim.py (README).
+    # The synth-cpu testbed (ImageNet Lite0 frozen to stride 8, its maps cached) for 200 steps, less
+    # than one epoch, so one cached view (synth-cpu's first: the same cache) is all it reads: the first
+    # notebook that trains builds it (~2 min) and every later one reuses it. Minutes on 2 cores; the
+    # full synth-cpu budget is `lofr quickstart` / benchmarks/synth_claim.py (README).
     # One torch thread: on a 2-core machine as fast as two when it is idle and 10-50x faster when
     # anything else runs (thread oversubscription), and the same numbers on every machine.
     "cpu-small": Profile("cpu-small", "synth-cpu", (128, 96), train_steps=200, device="cpu",
-                         overrides=("data.workers=0", "eval_every=0"), threads=1),
+                         overrides=("data.workers=0", "eval_every=0", "data.cache_views=1"), threads=1),
     # One GPU: the paper's layout on the same backbone — 256x192 crops, the encoder on strides 4 / 8 / 16,
     # the whole backbone fine-tuned (no cache), 40 epochs. (The COCO / MPII / CrowdPose recipes are
     # notebook 08's.)

@@ -48,7 +48,7 @@ def built(tiny, tmp_path_factory):
     lines = []
     cache = build_feature_cache(bb, train_ds, val_ds, views=2, seed=5, root=cache_dir, progress=False,
                                 log=lines.append)
-    assert len(lines) == 1 and "feature cache built" in lines[0]
+    assert len(lines) == 1 and "feature cache: built 5 eval crops (+ mirrors) and view(s) [0, 1]" in lines[0]
     return cache, train_ds, val_ds, bb
 
 
@@ -58,8 +58,8 @@ def test_views_are_the_seeded_samples_through_the_frozen_part(built):
     cache, train_ds, _, bb = built
     n = len(train_ds)
     assert cache.views == 2 and cache.strides == (4, 8)
-    assert [m.shape for m in cache.train_maps] == [(2, n, 24, 16, 12), (2, n, 40, 8, 6)]
-    assert all(m.dtype == np.float16 for m in cache.train_maps)
+    assert [[m.shape for m in view] for view in cache.train] == [[(n, 24, 16, 12), (n, 40, 8, 6)]] * 2
+    assert all(m.dtype == np.float16 for view in cache.train for m in view)
     samples = CachedTrainSamples(cache, train_ds)
     for view, index in ((0, 0), (1, 3), (2, n - 1)):  # epoch 2 reads view 0 again
         ref = SeededSamples(train_ds, 5)[(view % 2, index)]
@@ -71,7 +71,7 @@ def test_views_are_the_seeded_samples_through_the_frozen_part(built):
         for key in ("labels", "heatmaps", "target_weight", "has_location"):
             torch.testing.assert_close(got[key], ref[key])
     # the two views of an instance differ (another crop)
-    assert not np.array_equal(cache.train_maps[1][0, 0], cache.train_maps[1][1, 0])
+    assert not np.array_equal(cache.train[0][1][0], cache.train[1][1][0])
 
 
 def test_eval_crops_hold_the_crop_and_its_mirror(built):
@@ -88,51 +88,66 @@ def test_eval_crops_hold_the_crop_and_its_mirror(built):
     assert crops.train is False and crops.records is val_ds.records
 
 
-def test_an_existing_cache_is_opened_not_rebuilt(built):
+def test_an_existing_cache_is_opened_not_rebuilt_and_grows_by_views(built, tmp_path):
     cache, train_ds, val_ds, bb = built
     lines = []
     again = build_feature_cache(bb, train_ds, val_ds, views=2, seed=5, root=cache.folder.parent, progress=False,
                                 log=lines.append)
     assert again.folder == cache.folder and lines == []
+    assert build_feature_cache(bb, train_ds, val_ds, views=1, seed=5, root=cache.folder.parent, progress=False,
+                               log=lines.append).views == 1 and lines == []  # fewer views: a subset, nothing built
     assert json.loads((cache.folder / "meta.json").read_text())["n_train"] == len(train_ds)
+    # one view first, then three: views 1 and 2 are added to the same folder, view 0 is not redone
+    one = build_feature_cache(bb, train_ds, val_ds, views=1, seed=5, root=tmp_path, progress=False, log=lines.append)
+    stamp = (one.folder / "view0" / "done.json").stat().st_mtime_ns
+    three = build_feature_cache(bb, train_ds, val_ds, views=3, seed=5, root=tmp_path, progress=False, log=lines.append)
+    assert three.folder == one.folder and (one.folder / "view0" / "done.json").stat().st_mtime_ns == stamp
+    assert "view(s) [1, 2]" in lines[-1] and "eval crops" not in lines[-1]
+    # the same bytes as the cache built with two views at once
+    np.testing.assert_array_equal(three.train[1][1], cache.train[1][1])
+    assert three.build_seconds() > 0
 
 
 def test_the_key_follows_everything_the_numbers_depend_on(built, tiny, tmp_path):
     _, train_ds, val_ds, bb = built
-    key, _ = cache_key(bb, train_ds, val_ds, 2, 5)
-    assert cache_key(bb, train_ds, val_ds, 3, 5)[0] != key  # views
-    assert cache_key(bb, train_ds, val_ds, 2, 6)[0] != key  # augmentation seed
+    key, _ = cache_key(bb, train_ds, val_ds, 5)
+    assert cache_key(bb, train_ds, val_ds, 6)[0] != key  # augmentation seed
     other = frozen_part()
     with torch.no_grad():
         other.body.conv_stem.weight.mul_(1.01)
-    assert cache_key(other, train_ds, val_ds, 2, 5)[0] != key  # backbone weights
+    assert cache_key(other, train_ds, val_ds, 5)[0] != key  # backbone weights
     tr64, va64 = build_datasets(cfg_for(tiny, tmp_path, "data.aug.rot_factor=10"))
-    assert cache_key(bb, tr64, va64, 2, 5)[0] != key  # augmentation settings
+    assert cache_key(bb, tr64, va64, 5)[0] != key  # augmentation settings
     # the annotation file's content (same folder, one coordinate changed)
     import shutil
 
     copy = tmp_path / "copy"
     shutil.copytree(tiny, copy)
-    before = cache_key(bb, *build_datasets(cfg_for(copy, tmp_path)), 2, 5)[0]
-    assert before == cache_key(bb, *build_datasets(cfg_for(copy, tmp_path)), 2, 5)[0]
+    before = cache_key(bb, *build_datasets(cfg_for(copy, tmp_path)), 5)[0]
+    assert before == cache_key(bb, *build_datasets(cfg_for(copy, tmp_path)), 5)[0]
     ann = copy / "annotations" / "person_keypoints_train2017.json"
     data = json.loads(ann.read_text())
     data["annotations"][0]["keypoints"][0] += 1.0
     ann.write_text(json.dumps(data))
-    assert cache_key(bb, *build_datasets(cfg_for(copy, tmp_path)), 2, 5)[0] != before
+    assert cache_key(bb, *build_datasets(cfg_for(copy, tmp_path)), 5)[0] != before
 
 
-def test_an_interrupted_build_leaves_nothing(built, tmp_path, monkeypatch):
+def test_an_interrupted_build_leaves_nothing_half_written(built, tmp_path, monkeypatch):
+    """Interrupted while writing a view: the complete eval part stays, no view folder and no temporary
+    folder is left, and the next call completes the cache."""
     _, train_ds, val_ds, bb = built
     import lofr.engine.feature_cache as fc
 
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(fc.np, "savez", boom)
-    with pytest.raises(KeyboardInterrupt):
-        build_feature_cache(bb, train_ds, val_ds, views=1, seed=0, root=tmp_path, progress=False)
-    assert list(tmp_path.iterdir()) == []
+    with monkeypatch.context() as mp:
+        mp.setattr(fc.np, "savez", boom)
+        with pytest.raises(KeyboardInterrupt):
+            build_feature_cache(bb, train_ds, val_ds, views=1, seed=0, root=tmp_path, progress=False)
+    (folder,) = list(tmp_path.iterdir())
+    assert sorted(p.name for p in folder.iterdir()) == ["meta.json", "val_s4.npy", "val_s8.npy"]
+    assert build_feature_cache(bb, train_ds, val_ds, views=1, seed=0, root=tmp_path, progress=False).views == 1
 
 
 def test_a_backbone_that_trains_is_refused(built, tmp_path):

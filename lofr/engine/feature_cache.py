@@ -18,20 +18,26 @@ and training runs only the trainable blocks and the heads on them:
 Layout (``<cache root>/<key>/``; root ``data.cache_dir``, else ``$LOFR_FEATURE_CACHE``, else
 ``lofr.paths.data_dir() / "feature_cache"``)::
 
-    meta.json                 what was cached (key fields, shapes, build time); written last
-    train_s{4,8,..}.npy       (K, N, c_s, H/s, W/s) float16, memory-mapped
-    train_targets.npz         labels (K, N, C), keypoints (K, N, C, 2), located (K, N, C): the
-                              heatmap targets are rebuilt from them
-    val_s{4,8,16}.npy         (2, M, c_s, H/s, W/s) float16: [crop, mirrored crop]
+    meta.json                 what was cached (key fields, shapes, sizes); written with the eval part
+    val_s{4,8,..}.npy         (2, M, c_s, H/s, W/s) float16: [crop, mirrored crop], memory-mapped
+    view{k}/s{4,8,..}.npy     (N, c_s, H/s, W/s) float16: training view k, memory-mapped
+    view{k}/targets.npz       labels (N, C), keypoints (N, C, 2), located (N, C): the heatmap targets
+                              are rebuilt from them
+    view{k}/done.json         how long the view took
+
+Views are added when a run asks for more than the cache holds (``data.cache_views`` = 1 for the
+notebooks, 2 for ``synth-cpu``, 4 for the long benchmark: all one cache); view k is the same
+whoever builds it.
 
 The key is a hash of everything the stored numbers depend on: the backbone (name, strides and a
 hash of its weights), the annotation files (content hash) and image folders (names, sizes,
-mtimes), the crop settings (input size, fill, label rule, augmentation, the seed) and ``K``. What
+mtimes), the crop settings (input size, fill, label rule, augmentation) and the augmentation seed. What
 differs between the runs that share a cache is not stored: which instances have locations (the
 semi-weak subset: read from the run's own dataset) and the heatmap targets' stride and sigma
 (rebuilt from the stored keypoints by the run's dataset). Change any of them and a new cache is built; an old one is never read by mistake. A
-cache is built into a temporary folder and renamed into place when complete, so an interrupted
-build leaves nothing half-written behind (a stale temporary folder is removed next time).
+cache's eval part, and each view, is built into a temporary folder and renamed into place when
+complete, so an interrupted build leaves nothing half-written behind (a stale temporary folder is
+removed next time).
 float16 keeps 3 significant digits; the heads see the maps through a 1x1 conv and GroupNorm /
 BatchNorm, and the fp16 rounding (relative 5e-4) is far below what they resolve.
 """
@@ -58,7 +64,7 @@ from lofr.engine.sampling import SeededSamples
 __all__ = ["FeatureCache", "CachedTrainSamples", "CachedEvalCrops", "cache_key", "build_feature_cache", "training_cache", "eval_crops",
            "CACHE_VERSION"]
 
-CACHE_VERSION = 1  # bump when the layout or what a view holds changes
+CACHE_VERSION = 2  # bump when the layout or what a view holds changes (2: one folder per view)
 
 
 def _file_digest(path: Path, h) -> None:
@@ -85,14 +91,14 @@ def _weights_digest(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def cache_key(backbone, train_ds: TopDownDataset, val_ds: TopDownDataset, views: int, seed: int) -> tuple[str, dict]:
-    """(hex key, the dict it hashes) for caching ``backbone``'s maps of ``views`` augmented views of
-    ``train_ds`` (drawn with ``seed``) and of ``val_ds``'s eval crops."""
+def cache_key(backbone, train_ds: TopDownDataset, val_ds: TopDownDataset, seed: int) -> tuple[str, dict]:
+    """(hex key, the dict it hashes) for caching ``backbone``'s maps of augmented views of ``train_ds``
+    (drawn with ``seed``; any number of them) and of ``val_ds``'s eval crops."""
     fields = {
         "version": CACHE_VERSION,
         "backbone": {"name": backbone.name, "strides": list(backbone.strides), "channels": list(backbone.channels),
                      "weights": _weights_digest(backbone)},
-        "views": int(views), "seed": int(seed),
+        "seed": int(seed),
     }
     h = hashlib.sha1()
     for split, ds in (("train", train_ds), ("val", val_ds)):
@@ -108,39 +114,51 @@ def cache_key(backbone, train_ds: TopDownDataset, val_ds: TopDownDataset, views:
 
 
 class FeatureCache:
-    """An opened (complete) cache folder: memory-mapped arrays, read-only.
+    """An opened cache folder with (at least) ``views`` complete training views: memory-mapped, read-only.
 
-    train_maps[s] (K, N, c, h, w) float16; val_maps[s] (2, M, c, h, w); targets: dict of arrays;
-    views K; strides; meta (meta.json)."""
+    train[k][j] (N, c, h, w) float16: view k at ``strides[j]``; targets[k]: dict of view k's arrays;
+    val_maps[j] (2, M, c, h, w); views; strides; meta (meta.json)."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, views: int):
         self.folder = Path(folder)
         meta_file = self.folder / "meta.json"
         if not meta_file.is_file():
-            raise FileNotFoundError(f"{self.folder} is not a complete feature cache (no meta.json)")
+            raise FileNotFoundError(f"{self.folder} is not a feature cache (no meta.json)")
         self.meta = json.loads(meta_file.read_text())
         self.strides = tuple(self.meta["fields"]["backbone"]["strides"])
-        self.views = int(self.meta["fields"]["views"])
-        self.train_maps = [np.load(self.folder / f"train_s{s}.npy", mmap_mode="r") for s in self.strides]
+        missing = [k for k in range(views) if not (self.folder / f"view{k}" / "done.json").is_file()]
+        if missing:
+            raise FileNotFoundError(f"feature cache {self.folder} lacks training view(s) {missing}")
+        self.views = views
         self.val_maps = [np.load(self.folder / f"val_s{s}.npy", mmap_mode="r") for s in self.strides]
-        with np.load(self.folder / "train_targets.npz") as z:
-            self.targets = {k: z[k] for k in z.files}
+        self.train, self.targets = [], []
+        for k in range(views):
+            view = self.folder / f"view{k}"
+            self.train.append([np.load(view / f"s{s}.npy", mmap_mode="r") for s in self.strides])
+            with np.load(view / "targets.npz") as z:
+                self.targets.append({name: z[name] for name in z.files})
 
     def nbytes(self) -> int:
-        return sum(m.nbytes for m in self.train_maps + self.val_maps)
+        return sum(m.nbytes for maps in self.train for m in maps) + sum(m.nbytes for m in self.val_maps)
+
+    def build_seconds(self) -> float:
+        """How long the eval crops and the views in use took to build (as recorded when they were)."""
+        views = [json.loads((self.folder / f"view{k}" / "done.json").read_text())["build_s"] for k in range(self.views)]
+        return float(self.meta.get("val_build_s", 0.0)) + sum(views)
 
 
 class _TrainViews(Dataset):
-    """Key (view, index) -> the augmented training sample (for the build)."""
+    """Index j -> the augmented training sample of view ``views[j // N]``, instance ``j % N`` (for the build)."""
 
-    def __init__(self, dataset: TopDownDataset, seed: int, views: int):
-        self.samples, self.views, self.n = SeededSamples(dataset, seed), views, len(dataset)
+    def __init__(self, dataset: TopDownDataset, seed: int, views: list[int]):
+        self.samples, self.views, self.n = SeededSamples(dataset, seed), list(views), len(dataset)
 
     def __len__(self) -> int:
-        return self.views * self.n
+        return len(self.views) * self.n
 
     def __getitem__(self, j: int) -> dict:
-        s = self.samples[divmod(j, self.n)]
+        k, i = divmod(j, self.n)
+        s = self.samples[(self.views[k], i)]
         keep = ("image", "labels", "keypoints", "visible")
         return {k: s[k] for k in keep}
 
@@ -163,13 +181,35 @@ def _forward_into(backbone, loader, outs, offset_of, device, amp, desc, progress
             row += n
 
 
+def _fresh_tmp(parent: Path, name: str) -> Path:
+    """``parent/.<name>.tmp-<pid>``, empty; stale ones of dead processes removed first."""
+    for stale in parent.glob(f".{name}.tmp-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if not (pid.isdigit() and _pid_alive(int(pid))):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = parent / f".{name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
+    """Rename a finished ``tmp`` folder to ``final``; if another process got there first, keep theirs."""
+    try:
+        os.replace(tmp, final)
+    except OSError:
+        if not final.is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def build_feature_cache(backbone, train_ds: TopDownDataset, val_ds: TopDownDataset, views: int, seed: int = 0,
                         root=None, device="cpu", amp: str = "off", workers: int = 1, batch_size: int = 64,
                         progress: bool = True, log=print) -> FeatureCache:
-    """The cache for these inputs (see the module docstring): opened when it exists, built first
-    when it does not. ``backbone`` is the frozen part alone (``Backbone(..., strides=(4, .., s), freeze_to=s)``,
-    its maps = what is stored). ``log`` gets one
-    line when a cache is built (where, how big, how long)."""
+    """The cache for these inputs with ``views`` training views (see the module docstring): opened
+    when it has them, completed first when it does not (the eval crops, then the missing views).
+    ``backbone`` is the frozen part alone (``Backbone(..., strides=(4, .., s), freeze_to=s)``, its maps
+    = what is stored). ``log`` gets one line when something was built (what, how big, how long)."""
     from lofr.paths import feature_cache_dir
 
     if not backbone.freeze_to or tuple(backbone.strides) != backbone.cached_strides:
@@ -179,70 +219,93 @@ def build_feature_cache(backbone, train_ds: TopDownDataset, val_ds: TopDownDatas
         raise ValueError(f"build_feature_cache: views must be >= 1, got {views}")
     if not train_ds.train or val_ds.train:
         raise ValueError("build_feature_cache: needs a training-mode train set and an eval-mode val set")
-    key, fields = cache_key(backbone, train_ds, val_ds, views, seed)
+    key, fields = cache_key(backbone, train_ds, val_ds, seed)
     root = Path(root) if root else feature_cache_dir()
     folder = root / key
-    if (folder / "meta.json").is_file():
-        return FeatureCache(folder)
+    missing = [k for k in range(views) if not (folder / f"view{k}" / "done.json").is_file()]
+    if (folder / "meta.json").is_file() and not missing:
+        return FeatureCache(folder, views)
     root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(f".{key}.tmp-*"):
-        pid = stale.name.rsplit("-", 1)[-1]
-        if not (pid.isdigit() and _pid_alive(int(pid))):
-            shutil.rmtree(stale, ignore_errors=True)
-    tmp = root / f".{key}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     t0 = time.perf_counter()
-    try:
-        backbone = backbone.to(device).eval()
-        h, w = train_ds.input_size
-        n, m, c = len(train_ds), len(val_ds), train_ds.schema.num_keypoints
-        shapes = {s: (ch, h // s, w // s) for s, ch in zip(backbone.strides, backbone.channels)}
-        train_files = [np.lib.format.open_memmap(tmp / f"train_s{s}.npy", "w+", np.float16, (views, n, *shapes[s]))
-                       for s in backbone.strides]
-        val_files = [np.lib.format.open_memmap(tmp / f"val_s{s}.npy", "w+", np.float16, (2, m, *shapes[s]))
-                     for s in backbone.strides]
-        train_out = [a.reshape(views * n, *a.shape[2:]) for a in train_files]  # views of the same bytes
-        val_out = [a.reshape(2 * m, *a.shape[2:]) for a in val_files]
-        labels = np.zeros((views * n, c), np.float32)
-        keypoints = np.zeros((views * n, c, 2), np.float32)
-        located = np.zeros((views * n, c), np.float32)
-
-        loader = DataLoader(_TrainViews(train_ds, seed, views), batch_size=batch_size, shuffle=False,
-                            num_workers=workers, collate_fn=collate)
-        rows = _forward_into(backbone, loader, train_out, lambda r, k, v: (r, r + k), device, amp,
-                             f"caching {views} view(s) x {n} training crops", progress)
-        for batch, row, k in rows:
-            labels[row:row + k] = batch["labels"].numpy()
-            keypoints[row:row + k] = batch["keypoints"].numpy()
-            located[row:row + k] = batch["visible"].numpy()
-        loader = DataLoader(val_ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate)
-        # mirrored crops go to rows M.. 2M - 1
-        for _ in _forward_into(backbone, loader, val_out, lambda r, k, v: (v * m + r, v * m + r + k), device, amp,
-                               f"caching {m} eval crops + mirrors", progress, flip=True):
-            pass
-        for a in train_files + val_files:
-            a.flush()
-        del train_out, val_out, train_files, val_files
-        np.savez(tmp / "train_targets.npz", labels=labels.reshape(views, n, c),
-                 keypoints=keypoints.reshape(views, n, c, 2), located=located.reshape(views, n, c))
-        meta = {"fields": fields, "key": key, "build_s": round(time.perf_counter() - t0, 1),
-                "shapes": {str(s): list(shapes[s]) for s in backbone.strides}, "n_train": n, "n_val": m}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    backbone = backbone.to(device).eval()
+    h, w = train_ds.input_size
+    n, m, c = len(train_ds), len(val_ds), train_ds.schema.num_keypoints
+    shapes = {s: (ch, h // s, w // s) for s, ch in zip(backbone.strides, backbone.channels)}
+    built = []
+    if not (folder / "meta.json").is_file():  # the eval crops and their mirrors, and the folder itself
+        tmp = _fresh_tmp(root, key)
         try:
-            os.replace(tmp, folder)
-        except OSError:  # another process built the same cache meanwhile: use that one
-            if not (folder / "meta.json").is_file():
-                raise
+            val_files = [np.lib.format.open_memmap(tmp / f"val_s{s}.npy", "w+", np.float16, (2, m, *shapes[s]))
+                         for s in backbone.strides]
+            val_out = [a.reshape(2 * m, *a.shape[2:]) for a in val_files]  # the same bytes; mirrors at rows M..
+            loader = DataLoader(val_ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate)
+            for _ in _forward_into(backbone, loader, val_out, lambda r, k, v: (v * m + r, v * m + r + k), device, amp,
+                                   f"caching {m} eval crops + mirrors", progress, flip=True):
+                pass
+            for a in val_files:
+                a.flush()
+            del val_out, val_files
+            meta = {"fields": fields, "key": key, "shapes": {str(s): list(shapes[s]) for s in backbone.strides},
+                    "n_train": n, "n_val": m, "val_build_s": round(time.perf_counter() - t0, 1)}
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+            _move_into_place(tmp, folder)
+        except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
-            return FeatureCache(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    cache = FeatureCache(folder)
-    log(f"feature cache built in {meta['build_s']:.0f} s: {views} view(s) x {n} training crops + {m} eval crops "
-        f"(and their mirrors), {cache.nbytes() / 2**30:.2f} GiB float16 in {folder}")
+            raise
+        built.append(f"{m} eval crops (+ mirrors)")
+    missing = [k for k in range(views) if not (folder / f"view{k}" / "done.json").is_file()]
+    if missing:  # the missing training views, in one pass, each renamed into place when complete
+        t_views = time.perf_counter()
+        tmps = {k: _fresh_tmp(folder, f"view{k}") for k in missing}
+        try:
+            files = {k: [np.lib.format.open_memmap(tmps[k] / f"s{s}.npy", "w+", np.float16, (n, *shapes[s]))
+                         for s in backbone.strides] for k in missing}
+            labels = np.zeros((len(missing) * n, c), np.float32)
+            keypoints = np.zeros((len(missing) * n, c, 2), np.float32)
+            located = np.zeros((len(missing) * n, c), np.float32)
+            outs = [_Rows([files[k][j] for k in missing], n) for j in range(len(backbone.strides))]
+            loader = DataLoader(_TrainViews(train_ds, seed, missing), batch_size=batch_size, shuffle=False,
+                                num_workers=workers, collate_fn=collate)
+            for batch, row, k in _forward_into(backbone, loader, outs, lambda r, k, v: (r, r + k), device, amp,
+                                               f"caching view(s) {missing} x {n} training crops", progress):
+                labels[row:row + k] = batch["labels"].numpy()
+                keypoints[row:row + k] = batch["keypoints"].numpy()
+                located[row:row + k] = batch["visible"].numpy()
+            per_view = (time.perf_counter() - t_views) / len(missing)
+            for j, k in enumerate(missing):
+                for a in files[k]:
+                    a.flush()
+                rows = slice(j * n, (j + 1) * n)
+                np.savez(tmps[k] / "targets.npz", labels=labels[rows], keypoints=keypoints[rows], located=located[rows])
+                (tmps[k] / "done.json").write_text(json.dumps({"build_s": round(per_view, 1), "seed": seed}))
+            del files, outs
+            for k in missing:
+                _move_into_place(tmps[k], folder / f"view{k}")
+        except BaseException:
+            for t in tmps.values():
+                shutil.rmtree(t, ignore_errors=True)
+            raise
+        built.append(f"view(s) {missing} x {n} training crops")
+    cache = FeatureCache(folder, views)
+    log(f"feature cache: built {' and '.join(built)} in {time.perf_counter() - t0:.0f} s; {views} view(s) in use, "
+        f"{cache.nbytes() / 2**30:.2f} GiB float16 in {folder}")
     return cache
+
+
+class _Rows:
+    """Rows [a, b) of several (N, ...) arrays laid end to end, as one (len * N, ...) array to write into."""
+
+    def __init__(self, arrays: list, n: int):
+        self.arrays, self.n = arrays, n
+
+    def __setitem__(self, rows: slice, value: np.ndarray) -> None:
+        a, b = rows.start, rows.stop
+        done = 0
+        while a < b:
+            k, i = divmod(a, self.n)
+            take = min(b - a, self.n - i)
+            self.arrays[k][i:i + take] = value[done:done + take]
+            a, done = a + take, done + take
 
 
 def _pid_alive(pid: int) -> bool:
@@ -266,7 +329,6 @@ class CachedTrainSamples(Dataset):
 
     def __init__(self, cache: FeatureCache, dataset: TopDownDataset):
         self.cache, self.n = cache, len(dataset)
-        self.maps = cache.train_maps
         self.input_size, self.stride, self.sigma = dataset.input_size, dataset.heatmap_stride, dataset.sigma
         self.has_location = np.array([r.has_location for r in dataset.records], np.float32)
         if cache.meta["n_train"] != self.n:
@@ -279,11 +341,11 @@ class CachedTrainSamples(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> dict:
         epoch, index = key
         v = epoch % self.cache.views
-        t = self.cache.targets
-        kp, located = t["keypoints"][v, index], t["located"][v, index]
+        t = self.cache.targets[v]
+        kp, located = t["keypoints"][index], t["located"][index]
         return {
-            "feats": [torch.from_numpy(np.asarray(m[v, index], dtype=np.float32)) for m in self.maps],
-            "labels": torch.from_numpy(t["labels"][v, index].copy()),
+            "feats": [torch.from_numpy(np.asarray(m[index], dtype=np.float32)) for m in self.cache.train[v]],
+            "labels": torch.from_numpy(t["labels"][index].copy()),
             "heatmaps": torch.from_numpy(gaussian_heatmaps(kp, located, self.input_size, self.stride, self.sigma)),
             "target_weight": torch.from_numpy(located.copy()),
             "has_location": torch.tensor(float(self.has_location[index])),
