@@ -45,7 +45,7 @@ def test_setup_seeds_names_paths_and_prints_relative(nb_setup, capsys):
     setup(seed=3, profile="cpu-small", data_root=s.data_root, cache_dir=s.cache_dir, quiet=True)
     assert torch.equal(a, torch.rand(3))  # seeded
     out = capsys.readouterr().out
-    assert out.startswith("PROFILE cpu-small: device cpu, seed 3, 64x48 crops, 300 training steps")
+    assert out.startswith("PROFILE cpu-small: device cpu, seed 3, 128x96 crops, 200 training steps")
     assert plt.rcParams["figure.dpi"] == 72
     assert torch.get_num_threads() == 1  # cpu-small pins one torch thread
 
@@ -82,7 +82,7 @@ def test_profiles_resolve_to_valid_configs(name):
 
 def test_setup_config_applies_seed_and_overrides(nb_setup):
     cfg = nb_setup.config("optim.lr=0.5", name="x")
-    assert cfg.seed == 3 and cfg.optim.lr == 0.5 and cfg.name == "x" and cfg.max_steps == 300
+    assert cfg.seed == 3 and cfg.optim.lr == 0.5 and cfg.name == "x" and cfg.max_steps == 200
     assert config_key(cfg) != config_key(nb_setup.config("optim.lr=0.25", name="x"))
     assert config_key(cfg) == config_key(nb_setup.config("optim.lr=0.5", name="x"))
 
