@@ -92,12 +92,10 @@ the image-level labels into a weak location signal (`lofr.data.topdown`)."""
 def main(argv=None) -> dict:
     p = training_parser(__doc__, "cam_pooling")
     p.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
-    p.add_argument("--results-name", default="cam_pooling", help="results file stem (default cam_pooling), e.g. "
-                                                                 "to keep a seeds run of some rows beside the table")
     args = p.parse_args(argv)
     t_start, common = begin(args)
     rows = run_rows({k: ROWS[k] for k in args.rows}, args, common, per_model=per_model)
-    return finish(args.results_name, "Plain CAM on SynthPose: receptive field and pooling", "benchmarks/cam_pooling.py",
+    return finish("cam_pooling", "Plain CAM on SynthPose: receptive field and pooling", "benchmarks/cam_pooling.py",
                   argv, args, t_start, format_table(rows), NOTES, overrides=common, rows=rows)
 
 

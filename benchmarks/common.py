@@ -149,6 +149,8 @@ def training_parser(doc: str, runs_name: str) -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="dataset root (default: the config's; SynthPose)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1; see synth_claim.py)")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 steps per row, tiny batches")
+    p.add_argument("--results-name", default=None,
+                   help="results file stem (default: the script's, e.g. table4_semi_weak; another dataset: another name)")
     return p
 
 
@@ -277,6 +279,7 @@ def finish(name: str, title: str, script: str, argv, args, t_start: float, table
     out = {"command": command_line(script, argv), "commit": git_commit(), "machine": machine_info(device),
            "wall_s": round(time.perf_counter() - t_start, 1), "config": args.config, "seeds": seeds,
            "quick": bool(args.quick), **extra, "table": table}
+    name = getattr(args, "results_name", None) or name
     write_results(out, name, title, args.results_dir, notes=(notes.strip() + "\n\n" + seed_note).strip())
     print(table)
     print(f"wall time {out['wall_s']:.0f} s; written to {args.results_dir}/{name}.{{json,md}}")
