@@ -7,7 +7,9 @@
    back (a check of the whole pipeline: it must score AP 1.0, PCK 1.0, 0 px) and the mean-pose
    prior (every joint at its mean crop position over the training set: the floor any model must
    beat before its AP means anything);
-4. train the ``synth-cpu`` config twice — LOFR and the paper's baseline, image-level labels only,
+4. train the ``synth-cpu`` testbed twice — LOFR and the paper's baseline, image-level labels only,
+   on the ImageNet EfficientNet-Lite0 whose frozen part's maps are cached first (2 augmented views of
+   every training crop, ~2-3 min the first time, reused afterwards: ``lofr.engine.feature_cache``),
    with progress bars — into ``runs/quickstart/{lofr,baseline}`` and print ONE table: OKS AP / AR,
    PCK@0.1 / PCK@0.2 and mean pixel error of LOFR, the baseline, LOFR's own CAM arg-max and the
    mean-pose prior (ground-truth boxes, flip test), plus the training images/s and wall time.
