@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.ticker import FuncFormatter
 
 from lofr.models.decoder import split_scales
 from lofr.models.lofr import decode_response_maps
@@ -45,6 +46,9 @@ VIEWS: dict[str, str] = {
     "attention": "decoder cross-attention (Eq. 6)",
     "fused": "fused response map",
 }
+
+# colour-bar tick labels, each with its own exponent: no offset / multiplier text ("1e-5") above the bar
+_TICKS = FuncFormatter(lambda x, _pos: f"{x:.3g}")
 
 
 @dataclass
@@ -198,7 +202,11 @@ def explorer_figure(model, dataset, index: int, joint, layer: int, head, scale: 
     truth = "o absent" if v.truth is None else f"o ({v.truth[0]:.0f}, {v.truth[1]:.0f})"
     ax.set_title(f"crop {index}: {v.joint_name}, p={v.prob:.2f}\nx ({v.pred[0]:.0f}, {v.pred[1]:.0f}), {truth}\n"
                  f"{VIEWS[view]}\n{_what(v, view)}", fontsize=7)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+    # every tick label carries its own exponent ("2e-05"): the default formatter's common factor ("1e-5")
+    # is drawn above the bar at the full font size, over the title of the next panel
+    bar.ax.yaxis.set_major_formatter(_TICKS)
+    bar.ax.tick_params(labelsize=6)
     return fig
 
 
@@ -212,10 +220,11 @@ def explore(model, dataset, index: int = 0, joint=0, view: str = "fused"):
     names = list(model.schema.keypoints) if model.schema is not None else \
         [f"joint {c}" for c in range(model.num_keypoints)]
     depth = len(model.decoder.layers)
+    wide = {"description_width": "initial"}  # the label's own width: the default 90 px cut "decoder layer"
     controls = dict(
         index=widgets.IntSlider(value=index, min=0, max=len(dataset) - 1, description="crop"),
         joint=widgets.Dropdown(options=names, value=name, description="joint"),
-        layer=widgets.IntSlider(value=depth - 1, min=0, max=depth - 1, description="decoder layer"),
+        layer=widgets.IntSlider(value=depth - 1, min=0, max=depth - 1, description="decoder layer", style=wide),
         head=widgets.Dropdown(options=["mean", *range(model.config.nhead)], value="mean", description="head"),
         scale=widgets.Dropdown(options=list(model.strides), value=model.strides[0], description="stride"),
         view=widgets.Dropdown(options=[(VIEWS[k], k) for k in available_views(model)], value=view,

@@ -161,3 +161,22 @@ def test_explore_wires_the_widgets(model, val_ds, monkeypatch):
     assert [k for _, k in ctl["view"].options] == list(VIEWS)
     ctl["head"].value = 3  # a change redraws with the new choice
     assert calls[-1] == dict(index=2, joint="left_knee", layer=1, head=3, scale=4, view="attention")
+
+
+def test_colour_bar_labels_carry_their_exponent_and_no_offset_text(model, val_ds):
+    """Attention values are ~1e-5..1e-2: the default formatter drew a common "1e-5" above the bar at the
+    full font size, over the neighbouring panel's title; each label now carries its own exponent."""
+    fig = explorer_figure(model, val_ds, 1, 0, 0, "mean", 4, "attention")
+    fig.canvas.draw()
+    bar = fig.axes[1]
+    assert bar.yaxis.get_offset_text().get_text() == ""
+    labels = [t.get_text() for t in bar.get_yticklabels()]
+    ticks = bar.yaxis.get_majorticklocs()
+    assert len(labels) == len(ticks) >= 2
+    assert all(float(t) == pytest.approx(x, rel=1e-2, abs=1e-9) for t, x in zip(labels, ticks)), (labels, ticks)
+
+
+def test_explorer_controls_show_their_whole_label(model, val_ds):
+    w = explore(model, val_ds)
+    ctl = {c.description: c for c in w.children[:-1]}
+    assert ctl["decoder layer"].style.description_width == "initial"  # the default 90 px cut it
