@@ -80,9 +80,17 @@ def test_two_processes_give_the_single_process_weights(tiny_synth, tmp_path):
         assert "SyncBatchNorm only runs on CUDA" in info["sync_bn_error"]
     a, b = load_checkpoint(one / "last.pt")["model"], load_checkpoint(two / "last.pt")["model"]
     assert a.keys() == b.keys()
+    off, total = 0, 0
     for k in a:
-        # all-reduce sums in another order than one big batch: agreement to float32 round-off
-        torch.testing.assert_close(a[k].float(), b[k].float(), atol=1e-5, rtol=1e-4, msg=lambda m: f"{k}: {m}")
+        # all-reduce sums in another order than one big batch: agreement to float32 round-off, except that
+        # Adam divides by sqrt(v), so a coordinate whose gradient is ~0 can turn that round-off into a step of
+        # up to ~lr (CI saw 1 of 19200 and 1 of 38400 pretrained Lite0 weights off by 2e-5 and 1.4e-4).
+        # Wrong averaging (a sum, a missing all-reduce) moves nearly every coordinate: a few in 10^4 may be off.
+        diff = (a[k].float() - b[k].float()).abs()
+        bad = diff > 1e-5 + 1e-4 * b[k].float().abs()
+        off, total = off + int(bad.sum()), total + bad.numel()
+        assert diff.max() <= 4 * 4e-3, f"{k}: off by {diff.max():.3g}, more than 4 Adam steps of lr 4e-3 could move it"
+    assert off <= 1e-4 * total, f"{off} of {total} weights differ beyond float32 round-off"
     seed_everything(0)
     init = build_model(_cfg(tiny_synth)).state_dict()
     assert any(not torch.allclose(init[k].float(), a[k].float(), atol=1e-3) for k in a)  # it did train

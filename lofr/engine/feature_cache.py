@@ -29,9 +29,9 @@ Views are added when a run asks for more than the cache holds (``data.cache_view
 notebooks, 2 for ``synth-cpu``, 4 for the long benchmark: all one cache); view k is the same
 whoever builds it.
 
-The key is a hash of everything the stored numbers depend on: the backbone (name, strides and a
-hash of its weights), the annotation files (content hash) and image folders (names, sizes,
-mtimes), the crop settings (input size, fill, label rule, augmentation) and the augmentation seed. What
+The key (``lofr.engine.cache_key``) is a hash of everything the stored numbers depend on: the backbone
+(name, strides and a hash of its weights), the annotation files (content hash) and image folders (names,
+sizes, mtimes), the crop settings (input size, fill, label rule, augmentation) and the augmentation seed. What
 differs between the runs that share a cache is not stored: which instances have locations (the
 semi-weak subset: read from the run's own dataset) and the heatmap targets' stride and sigma
 (rebuilt from the stored keypoints by the run's dataset). Change any of them and a new cache is built; an old one is never read by mistake. A
@@ -44,8 +44,6 @@ BatchNorm, and the fp16 rounding (relative 5e-4) is far below what they resolve.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -58,60 +56,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from lofr.data.topdown import TopDownDataset, collate
 from lofr.data.transforms import gaussian_heatmaps
+from lofr.engine.cache_key import CACHE_VERSION, cache_key
 from lofr.engine.runtime import autocast
 from lofr.engine.sampling import SeededSamples
 
 __all__ = ["FeatureCache", "CachedTrainSamples", "CachedEvalCrops", "cache_key", "build_feature_cache", "training_cache", "eval_crops",
            "CACHE_VERSION"]
-
-CACHE_VERSION = 2  # bump when the layout or what a view holds changes (2: one folder per view)
-
-
-def _file_digest(path: Path, h) -> None:
-    h.update(str(Path(path).resolve()).encode())
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-
-
-def _folder_digest(folder: Path, h) -> None:
-    """Names, sizes and modification times of the images (reading 5000 JPEGs would cost seconds)."""
-    h.update(str(Path(folder).resolve()).encode())
-    with os.scandir(folder) as it:
-        for e in sorted(it, key=lambda e: e.name):
-            st = e.stat()
-            h.update(f"{e.name}:{st.st_size}:{st.st_mtime_ns};".encode())
-
-
-def _weights_digest(module: torch.nn.Module) -> str:
-    h = hashlib.sha1()
-    for name, t in module.state_dict().items():
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def cache_key(backbone, train_ds: TopDownDataset, val_ds: TopDownDataset, seed: int) -> tuple[str, dict]:
-    """(hex key, the dict it hashes) for caching ``backbone``'s maps of augmented views of ``train_ds``
-    (drawn with ``seed``; any number of them) and of ``val_ds``'s eval crops."""
-    fields = {
-        "version": CACHE_VERSION,
-        "backbone": {"name": backbone.name, "strides": list(backbone.strides), "channels": list(backbone.channels),
-                     "weights": _weights_digest(backbone)},
-        "seed": int(seed),
-    }
-    h = hashlib.sha1()
-    for split, ds in (("train", train_ds), ("val", val_ds)):
-        dh = hashlib.sha1()
-        _file_digest(ds.ann_file, dh)
-        _folder_digest(ds.img_dir, dh)
-        fields[split] = {
-            "data": dh.hexdigest(), "n": len(ds), "input_size": list(ds.input_size), "fill": ds.fill,
-            "labels": ds.label_rule, "train": ds.train, "aug": dataclasses.asdict(ds.aug) if ds.train else None,
-        }
-    h.update(json.dumps(fields, sort_keys=True).encode())
-    return h.hexdigest()[:16], fields
-
 
 class FeatureCache:
     """An opened cache folder with (at least) ``views`` complete training views: memory-mapped, read-only.
