@@ -125,6 +125,9 @@ class LabServer:
                "JUPYTER_DATA_DIR": str(self.scratch / "data"),
                "JUPYTER_RUNTIME_DIR": str(self.scratch / "runtime"), "JUPYTER_PLATFORM_DIRS": "1"}
         env.pop("MPLBACKEND", None)  # the kernel must use the inline backend, as in a user's JupyterLab
+        # ... and the notebooks' own feature cache (data/feature_cache), as in a user's JupyterLab: tests'
+        # conftest points LOFR_FEATURE_CACHE at a tmp folder, where the kernel would rebuild it (minutes)
+        env.pop("LOFR_FEATURE_CACHE", None)
         cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={self.port}",
                "--ServerApp.port_retries=0", f"--IdentityProvider.token={self.token}",
                f"--ServerApp.root_dir={self.root}",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,11 @@ import pytest
 from PIL import Image, ImageDraw
 
 from lofr.data.schemas import COCO17
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n 2 (conftest.py): the notebooks' kernel has the other core
+    import torch
+
+    torch.set_num_threads(1)
 
 @pytest.fixture(autouse=True)
 def _feature_caches_in_tmp(monkeypatch, tmp_path_factory):
