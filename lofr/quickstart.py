@@ -67,7 +67,9 @@ def train_and_compare(root, overrides=(), runs_dir="runs/quickstart", progress: 
 
     reports, timing, val_ds, prior_pose = {}, {}, None, None
     for model, label in TRAINED:
-        cfg = load_config(config, [f"data.root={root}", *overrides, f"model={model}"])
+        # evaluated once, at the end (the config's per-epoch curve cost 2-3 of the main job's minutes);
+        # --set eval_every=1 brings the curve back
+        cfg = load_config(config, [f"data.root={root}", "eval_every=0", *overrides, f"model={model}"])
         if val_ds is None:
             train_ds, val_ds = build_datasets(cfg)
             prior_pose = mean_pose_prior(train_ds)
