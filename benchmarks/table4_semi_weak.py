@@ -54,10 +54,12 @@ def equal_steps(config: str, common: list[str], fraction: float) -> list[str]:
     return sup_only_budget(len(train_ds), fraction, cfg.optim.batch_size, cfg.optim.epochs, cfg.max_steps)
 
 
-def build_rows(fractions, config: str, common: list[str], sup_budget: str) -> dict:
+def build_rows(fractions, config: str, common: list[str], sup_budget: str, methods=tuple(METHODS)) -> dict:
     """{"<method>-<pct>": (label, overrides)} for every method (``lofr.semi.METHODS``) and fraction."""
     rows = {}
     for method, (label, extra) in METHODS.items():
+        if method not in methods:
+            continue
         for f in fractions:
             budget = equal_steps(config, common, f) if method == "sup" and sup_budget == "steps" else []
             rows[f"{method}-{pct(f)}"] = (f"{label} {pct(f)} %", [*extra, f"data.labelled_fraction={f}", *budget])
@@ -94,10 +96,12 @@ def main(argv=None) -> dict:
                    help="labelled fractions (default 0.05 0.10 0.25 1.0)")
     p.add_argument("--sup-budget", choices=("steps", "epochs"), default="steps",
                    help="Sup-only: as many optimiser steps as LOFR-WS (default) or the config's epochs")
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
+                   help="which rows (default all; e.g. --methods sup for the testbed's resolution check)")
     args = p.parse_args(argv)
     t_start, common = begin(args)
     budget = "epochs" if args.checkpoint_dir else args.sup_budget  # loading: nothing to size
-    rows = run_rows(build_rows(args.fractions, args.config, common, budget), args, common)
+    rows = run_rows(build_rows(args.fractions, args.config, common, budget, args.methods), args, common)
     budget_note = ("Sup-only budget: as many optimiser steps as LOFR-WS (its epochs scaled by 1/f)."
                    if args.sup_budget == "steps" else "Sup-only budget: the config's epochs over its labelled "
                                                       "instances (fewer steps than LOFR-WS).")
