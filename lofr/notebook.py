@@ -41,6 +41,11 @@ from lofr.engine.config import TrainConfig, config_dict, load_config
 from lofr.engine.runtime import pick_device, seed_everything
 from lofr.paths import data_dir
 
+try:  # POSIX: cached_train's lock; elsewhere runs are not locked (one kernel at a time)
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
+
 __all__ = ["Profile", "PROFILES", "Setup", "setup", "CachedRun", "cached_train", "cached_result", "config_key",
            "subset_annotations", "short_path"]
 
@@ -216,11 +221,17 @@ def cached_train(name: str, cfg: TrainConfig, cache_dir, device=None, progress: 
     out_dir = Path(cache_dir) / f"{name}-{config_key(cfg)}"
     last, done = out_dir / "last.pt", out_dir / _DONE
     trained = False
-    if not (last.is_file() and done.is_file()):
-        done.unlink(missing_ok=True)
-        result = train(cfg, out_dir, resume=last.is_file(), overwrite=not last.is_file(), progress=progress)
-        done.write_text(json.dumps({"step": result["step"], "best": result["best"]}))
-        trained = True
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # one trainer per run: two kernels asking for the same model at once (pytest -n 2 runs notebooks on two
+    # workers) take turns, and the second one loads what the first trained
+    with open(out_dir.parent / f".{out_dir.name}.lock", "w") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (last.is_file() and done.is_file()):
+            done.unlink(missing_ok=True)
+            result = train(cfg, out_dir, resume=last.is_file(), overwrite=not last.is_file(), progress=progress)
+            done.write_text(json.dumps({"step": result["step"], "best": result["best"]}))
+            trained = True
     dev = device if device is not None else pick_device(cfg.device)
     model, _ = load_model(last, dev)
     history = list(load_checkpoint(last, map_location="cpu").get("metrics", []))

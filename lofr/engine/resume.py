@@ -11,16 +11,23 @@ from lofr.engine.checkpoint import CheckpointError, load_checkpoint
 from lofr.engine.config import TrainConfig, config_dict
 from lofr.engine.runtime import set_rng_state
 
-__all__ = ["resume_state", "check_resume"]
+__all__ = ["resume_state", "check_resume", "check_resumable"]
 
 
-def resume_state(path: Path, cfg: TrainConfig, model, optimizer, scaler) -> tuple[int, list, dict | None]:
-    """Load ``path`` into model / optimiser / scaler and the global RNGs -> (step, history, best)."""
+def check_resumable(path: Path, cfg: TrainConfig) -> dict:
+    """The training state in ``path`` -> the loaded dict, or a CheckpointError / ConfigError when it is not
+    one ``cfg`` can continue. ``train`` calls it before anything slow (datasets, the feature cache)."""
     state = load_checkpoint(path, map_location="cpu")
     for key in ("model", "optimizer", "step", "rng", "config"):
         if key not in state:
             raise CheckpointError(f"checkpoint {path} has no {key!r}: not written by lofr.engine.train")
     check_resume(state["config"], cfg, path)
+    return state
+
+
+def resume_state(path: Path, cfg: TrainConfig, model, optimizer, scaler) -> tuple[int, list, dict | None]:
+    """Load ``path`` into model / optimiser / scaler and the global RNGs -> (step, history, best)."""
+    state = check_resumable(path, cfg)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     if "scaler" in state:

@@ -64,7 +64,7 @@ from lofr.engine.config import TrainConfig, config_dict
 from lofr.engine.diagnostics import attention_qk_scales, dead_attention_warning
 from lofr.engine.evaluation import _maps_and_probs, evaluate, predict_records, records_to_results  # noqa: F401
 from lofr.engine.models import SupOnly, build_model, load_model, loss_weights, param_groups  # noqa: F401
-from lofr.engine.resume import resume_state
+from lofr.engine.resume import check_resumable, resume_state
 from lofr.engine.runtime import autocast, init_distributed, pick_device, rng_state, seed_everything
 from lofr.engine.sampling import (EpochBatches, SeededSamples, _data_root, _train_indices,  # noqa: F401
                                   build_datasets, sample_seed)
@@ -240,6 +240,8 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
     if not resume and not overwrite and (out_dir / "last.pt").exists():
         raise OutputExistsError(f"{out_dir} already holds a run (last.pt): pass resume=True (--resume) to continue "
                                 "it, overwrite=True (--overwrite) to start it again, or choose another folder")
+    if resume:  # a last.pt this config cannot continue fails now, not after minutes of feature caching
+        check_resumable(out_dir / "last.pt", cfg)
     if di.enabled:  # rank 0 alone generates SynthPose when it is missing; the others wait for it
         if di.is_main:
             _data_root(cfg)
