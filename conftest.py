@@ -7,13 +7,14 @@ run in two ordered work units:
 * unit A — notebooks 00-05, 08, 09 in order, then the browser test (tests/test_browser.py), which opens 00
   and 09 again in JupyterLab and, run after them, finds SynthPose, the cached model and the feature cache
   ready instead of building them a second time;
-* unit B — notebooks 07 and 06, after the rest of tests/: 07 trains its own models, 06 reuses 01's and
-  02's (``cached_train`` locks a run, so a kernel that asks for a model another one is training waits and
-  loads it).
+* then notebooks 07 and 06, each a unit of its own, after the rest of tests/: 07 trains its own models,
+  06 reuses 01's and 02's (``cached_train`` locks a run, so a kernel that asks for a model another one is
+  training waits and loads it).
 
-With pytest-xdist (``-n 2``, the README's test command) worker 1 runs unit A while worker 2 runs tests/ and
-then unit B: the notebooks train on one torch thread (the ``cpu-small`` profile), so the second core is
-otherwise idle. (xdist's own ``--dist loadgroup`` does not group under pytest 9.2, whose node ids no longer
+With pytest-xdist (``-n 2``, the README's test command) worker 1 runs unit A while worker 2 runs tests/, then
+07 and 06 go to whichever worker is free first: the notebooks train on one torch thread (the ``cpu-small``
+profile), so the second core is otherwise idle. (On a clean clone with 07 and 06 as one unit after tests/,
+that unit ended 3-4 minutes after unit A.) (xdist's own ``--dist loadgroup`` does not group under pytest 9.2, whose node ids no longer
 read the ``_nodeid`` it rewrites, hence the scheduler below.) Plain ``pytest`` runs the items in the same
 order on one core.
 """
@@ -23,21 +24,20 @@ from __future__ import annotations
 import pytest
 
 UNIT_A = "notebooks 00-05, 08, 09 + tests/test_browser.py"
-UNIT_B = "notebooks 07, 06"
-_B = ("notebooks/07_", "notebooks/06_")
+_B = ("notebooks/07_", "notebooks/06_")  # run last, one unit each (xdist's default scope: the file)
 
 
 def unit_of(nodeid: str) -> str | None:
-    """The notebook work unit of a node id, None for the rest of tests/."""
+    """UNIT_A for its notebooks and the browser test, None for the rest (scheduled per file)."""
     if nodeid.startswith(_B):
-        return UNIT_B
+        return None
     if nodeid.startswith("notebooks/") or nodeid.startswith("tests/test_browser.py"):
         return UNIT_A
     return None
 
 
 def pytest_collection_modifyitems(config, items):
-    def key(item):  # stable: unit A's notebooks, the browser test, tests/, then unit B (07 before 06)
+    def key(item):  # stable: unit A's notebooks, the browser test, tests/, then 07 and 06
         nodeid = item.nodeid
         if nodeid.startswith(_B):
             return (3, _B.index(nodeid[:len(_B[0])]))
@@ -53,8 +53,8 @@ def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
     class NotebookUnits(LoadScopeScheduling):
-        """xdist's per-module scheduling, except that the notebooks form the two units above, and units are
-        handed out in collection order (not largest first), so unit B waits until tests/ is under way."""
+        """xdist's per-module scheduling, except that unit A is one unit, and units are handed out in
+        collection order (not largest first), so 07 and 06 wait until tests/ is under way."""
 
         def __init__(self, config, log=None):
             config.option.loadscopereorder = False
