@@ -22,6 +22,7 @@ Writes ``benchmarks/results/testbed.{json,md}`` with four parts:
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -118,11 +119,29 @@ def supervised_rows(results: Path) -> list[list]:
     return rows
 
 
+TESTBED_COMMIT = "c952c39"  # synth-cpu became the Lite0 testbed here: tables from before measured another one
+
+
+def _on_this_testbed(commit: str) -> bool:
+    """Whether a results file's commit descends from TESTBED_COMMIT (True when git cannot tell: no repo)."""
+    commit = commit.split("+")[0]
+    try:
+        r = subprocess.run(["git", "merge-base", "--is-ancestor", TESTBED_COMMIT, commit], cwd=Path(__file__).parent,
+                           capture_output=True)
+    except OSError:
+        return True
+    return r.returncode != 1  # 0: descends; 1: does not; other: unknown commit / no repo -> trust it
+
+
 def fraction_rows(results: Path) -> tuple[list[list], str]:
     t4 = results / "table4_semi_weak.json"
     if not t4.is_file():
         return [], "(no table4_semi_weak.json yet: run benchmarks/table4_semi_weak.py --seeds 0 1 2)"
     t = json.loads(t4.read_text())
+    if not _on_this_testbed(t.get("commit", "")):
+        return [], (f"table4_semi_weak.json is from commit {t.get('commit', '?')[:10]} ({t.get('command')}), before "
+                    f"synth-cpu became the Lite0 testbed (commit {TESTBED_COMMIT}): not used; rerun "
+                    "benchmarks/table4_semi_weak.py --methods sup --seeds 0 1 2 --fractions 0.05 0.25 1.0")
     sup = [(f, t["rows"][f"sup-{100 * f:g}"]) for f in t["fractions"] if f"sup-{100 * f:g}" in t["rows"]]
     rows = [[f"{100 * f:g} %", format_cell(r["mean"]["PCK@0.1"], r["std"]["PCK@0.1"]),
              format_cell(r["mean"]["PCK@0.2"], r["std"]["PCK@0.2"]), format_cell(r["mean"]["AP"], r["std"]["AP"])]

@@ -186,3 +186,25 @@ def test_time_to_accuracy_quick(tiny_root, tmp_path):
     again = tta.main(["--runs", str(tmp_path / "runs" / "lofr" / "seed0"), "--results-dir", str(tmp_path / "r2")])
     assert list(again["curves"]) == ["LOFR seed0"] and again["curves"]["LOFR seed0"] == out["curves"]["LOFR"]
     assert "training seed" not in (tmp_path / "r2" / "time_to_accuracy.md").read_text()  # nothing trained here
+
+
+def test_table4_methods_picks_the_rows(tiny_root, tmp_path):
+    out = load_benchmark("table4_semi_weak").main(quick_args(tiny_root, tmp_path, "--fractions", "1.0",
+                                                             "--methods", "sup"))
+    assert list(out["rows"]) == ["sup-100"]
+
+
+def test_testbed_quick_and_its_guard_against_another_testbeds_table4(tiny_root, tmp_path):
+    tb = load_benchmark("testbed")
+    out = tb.main(["--quick", "--data-root", str(tiny_root), "--results-dir", str(tmp_path), "--quiet"])
+    assert set(out["cost"]) == {"lofr", "baseline", "cam", "sup"}
+    for c in out["cost"].values():
+        assert c["cached"]["ms_per_step"] > 0 and c["images"]["ms_per_step"] > 0
+    md = (tmp_path / "testbed.md").read_text()
+    assert "no table4_semi_weak.json yet" in md
+    # a Table 4 from before the Lite0 testbed is named and not used; one from after it is read
+    (tmp_path / "table4_semi_weak.json").write_text(json.dumps({"commit": "fc853083720687499d6a6b6eefae02bef02d4181",
+                                                                "command": "old", "fractions": [], "rows": {}}))
+    rows, note = tb.fraction_rows(tmp_path)
+    assert rows == [] and "not used" in note and "fc85308372" in note
+    assert tb._on_this_testbed(tb.TESTBED_COMMIT) and not tb._on_this_testbed("fc85308372")
