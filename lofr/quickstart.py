@@ -108,7 +108,8 @@ def quickstart(root=None, n_train: int = synth.DEFAULT_TRAIN, n_val: int = synth
     from lofr.engine.config import load_config
 
     # a bad --set fails now, not after the reference tables; the crops are the training config's
-    input_size = tuple(load_config("synth-cpu", list(overrides) if train else []).data.input_size)
+    testbed = load_config("synth-cpu", list(overrides) if train else [])
+    input_size = tuple(testbed.data.input_size)
     if train:
         for model, _ in TRAINED:
             load_config("synth-cpu", [*overrides, f"model={model}"])
@@ -147,8 +148,7 @@ def quickstart(root=None, n_train: int = synth.DEFAULT_TRAIN, n_val: int = synth
     threads = torch.get_num_threads()
     # from images: 1 torch thread + 1 loader process doing the augmentation was fastest on 2 cores; from the
     # feature cache the loader only reads memory maps, so the heads (and the cache build) get both cores
-    cached = load_config("synth-cpu", list(overrides)).data.cache_views > 0
-    torch.set_num_threads(min(2, os.cpu_count() or 1) if cached else 1)
+    torch.set_num_threads(min(2, os.cpu_count() or 1) if testbed.data.cache_views > 0 else 1)
     try:
         t0 = time.perf_counter()
         trained = train_and_compare(root, overrides, runs_dir, progress)

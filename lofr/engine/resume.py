@@ -25,9 +25,9 @@ def check_resumable(path: Path, cfg: TrainConfig) -> dict:
     return state
 
 
-def resume_state(path: Path, cfg: TrainConfig, model, optimizer, scaler) -> tuple[int, list, dict | None]:
-    """Load ``path`` into model / optimiser / scaler and the global RNGs -> (step, history, best)."""
-    state = check_resumable(path, cfg)
+def resume_state(state: dict, model, optimizer, scaler) -> tuple[int, list, dict | None]:
+    """Load a checked training state (``check_resumable``) into model / optimiser / scaler and the global
+    RNGs -> (step, history, best)."""
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     if "scaler" in state:

@@ -240,8 +240,8 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
     if not resume and not overwrite and (out_dir / "last.pt").exists():
         raise OutputExistsError(f"{out_dir} already holds a run (last.pt): pass resume=True (--resume) to continue "
                                 "it, overwrite=True (--overwrite) to start it again, or choose another folder")
-    if resume:  # a last.pt this config cannot continue fails now, not after minutes of feature caching
-        check_resumable(out_dir / "last.pt", cfg)
+    # a last.pt this config cannot continue fails now, not after minutes of feature caching
+    saved = check_resumable(out_dir / "last.pt", cfg) if resume else None
     if di.enabled:  # rank 0 alone generates SynthPose when it is missing; the others wait for it
         if di.is_main:
             _data_root(cfg)
@@ -277,7 +277,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
 
     step, history, best = 0, [], None
     if resume:
-        step, history, best = resume_state(out_dir / "last.pt", cfg, model, optimizer, scaler)
+        step, history, best = resume_state(saved, model, optimizer, scaler)
         run.say(f"resumed from {out_dir / 'last.pt'} at step {step} (epoch {step // spe})")
     # the run folder is touched only now: bad data, a bad config or an unreadable / mismatched last.pt
     # (all raised above) leave no folder behind, nor a config.yaml that is not the checkpoint's
