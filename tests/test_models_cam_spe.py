@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from lofr.models.cam import CAMHead, class_activation_maps, keypoint_vectors, leaky_max_pool, lse_pool
+from lofr.models.cam import CAMHead, class_activation_maps, keypoint_vectors, leaky_max_pool, lse_pool, peak_pool
 from lofr.models.position import LearnedPositionEncoding, SinePositionEncoding
 from lofr.models.spe import SPE, cam_peaks, keypoint_location_maps, render_location_maps
 
@@ -61,6 +61,29 @@ def test_leaky_max_pool_hand_computed_and_its_gradient():
     assert torch.allclose(out["logits"], expected, atol=1e-5)
     with pytest.raises(ValueError, match="lmp_eps"):
         CAMHead(8, 3, 4, pool="lmp", lmp_eps=-1.0)
+
+
+def test_peak_pool_hand_computed_and_its_gradient():
+    # 3x3 local maxima of the map below: 5, 4 and 2 (every other cell has a larger neighbour); the lower
+    # median of its 12 cells is 0, so all three count: (5 + 4 + 2) / 3, gradient 1/3 at each, 0 elsewhere
+    m = torch.tensor([[[[5.0, 1.0, 0.0, 4.0], [1.0, 0.0, 0.0, 1.0], [0.0, 2.0, 0.0, 0.0]]]], requires_grad=True)
+    y = peak_pool(m)
+    assert torch.allclose(y, torch.tensor([[11.0 / 3.0]]))
+    y.sum().backward()
+    expected = torch.zeros(3, 4)
+    expected[0, 0] = expected[0, 3] = expected[2, 1] = 1.0 / 3.0
+    assert torch.allclose(m.grad[0, 0], expected)
+    # the median threshold: local maxima 3, -1.5 and -2.5; the lower median is -2, so -2.5 is not a peak
+    row = torch.tensor([[[[3.0, -1.0, -2.0, -1.5, -3.0, -2.5]]]])
+    assert torch.allclose(peak_pool(row), torch.tensor([[0.75]]))
+    # a single peak pools to the maximum; a flat map to its value
+    assert torch.allclose(peak_pool(torch.tensor([[[[0.0, 1.0], [0.0, 0.0]]]])), torch.tensor([[1.0]]))
+    assert torch.allclose(peak_pool(torch.full((1, 1, 3, 3), 2.0)), torch.tensor([[2.0]]))
+    torch.manual_seed(0)
+    head = CAMHead(8, 3, 4, pool="peak")
+    out = head(torch.randn(2, 8, 4, 3))
+    scores = torch.einsum("ck,bkhw->bchw", head.fc.weight, out["x_prime"])
+    assert torch.allclose(out["logits"], peak_pool(scores) + head.fc.bias, atol=1e-6)
 
 
 def test_cam_head_lse_logits_are_the_smooth_max_of_the_cam_scores():

@@ -27,6 +27,12 @@ leaky max pooling (LMPNet, Guo & Farrell 2025): logits_c = max_{x,y} s_c - eps s
 (its gradient is -eps): a class map that is high everywhere lowers its own logit, so the map must
 be sparse — a keypoint detector rather than a "person is here" detector.
 
+Choice (not in the paper): ``pool="peak"``, peak stimulation (Peak Response Maps, Zhou et al., CVPR
+2018): logits_c = mean of s_c over its local maxima (3x3 window) that reach the map's median, + b_c.
+The peaks are found without gradient, so the whole gradient of the BCE reaches the peak cells and
+none reaches the rest of the map: a class is called present by what its peaks say, not by its average.
+The global maximum is always one of the peaks; a map with a single peak pools to its maximum.
+
 Choice (Eq. 2's weighting is left open by the paper): the literal sum grows with h*w and mixes
 signs, so by default the weights are a spatial softmax of x'_c (positive, summing to 1 over the
 map, independent of the resolution): f_c = sum_{i,j} softmax_{ij}(x'_c) x^c_{i,j}.
@@ -41,10 +47,10 @@ import torch
 from einops import rearrange
 from torch import nn
 
-__all__ = ["CAMHead", "cam_scores", "class_activation_maps", "keypoint_vectors", "lse_pool", "leaky_max_pool"]
+__all__ = ["CAMHead", "cam_scores", "class_activation_maps", "keypoint_vectors", "lse_pool", "leaky_max_pool", "peak_pool"]
 
 WEIGHTINGS = ("softmax", "mean", "sum")
-POOLS = ("gap", "lse", "lmp")
+POOLS = ("gap", "lse", "lmp", "peak")
 
 
 def lse_pool(maps: torch.Tensor, r: float) -> torch.Tensor:
@@ -59,6 +65,17 @@ def leaky_max_pool(maps: torch.Tensor, eps: float) -> torch.Tensor:
     flat = rearrange(maps, "b c h w -> b c (h w)")
     top = flat.max(dim=-1).values  # (B, C)
     return top - eps * (flat.sum(dim=-1) - top)
+
+
+def peak_pool(maps: torch.Tensor, window: int = 3) -> torch.Tensor:
+    """Peak stimulation (PRM): (B, C, h, w) -> (B, C), the mean of each map over its peaks = the cells
+    that are the maximum of their ``window`` x ``window`` neighbourhood and >= the map's median. The
+    peak mask carries no gradient: d logits / d maps is 1 / (number of peaks) at a peak, 0 elsewhere."""
+    with torch.no_grad():
+        local_max = nn.functional.max_pool2d(maps, window, stride=1, padding=window // 2)  # (B, C, h, w)
+        median = rearrange(maps, "b c h w -> b c (h w)").median(dim=-1).values  # (B, C)
+        peaks = ((maps == local_max) & (maps >= median[..., None, None])).to(maps.dtype)  # (B, C, h, w)
+    return (maps * peaks).sum(dim=(-2, -1)) / peaks.sum(dim=(-2, -1))  # >= 1 peak: the global maximum
 
 
 def cam_scores(x_prime: torch.Tensor, fc_weight: torch.Tensor) -> torch.Tensor:
@@ -122,8 +139,10 @@ class CAMHead(nn.Module):
             logits = self.fc(x_prime.mean(dim=(2, 3)))  # (B, C)
         elif self.pool == "lse":  # smooth max of the class maps s_c
             logits = lse_pool(scores, self.lse_r) + self.fc.bias  # (B, C)
-        else:  # leaky max of the class maps s_c
+        elif self.pool == "lmp":  # leaky max of the class maps s_c
             logits = leaky_max_pool(scores, self.lmp_eps) + self.fc.bias  # (B, C)
+        else:  # peak stimulation: the mean of s_c over its local maxima
+            logits = peak_pool(scores) + self.fc.bias  # (B, C)
         cams = scores.relu()  # (B, C, h, w)  Eq. 1
         protos = keypoint_vectors(x_prime, self.to_proto(x), self.weighting)  # (B, C, D')  Eq. 2
         return {"logits": logits, "cams": cams, "protos": protos, "x_prime": x_prime}

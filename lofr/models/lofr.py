@@ -126,7 +126,7 @@ class LOFRConfig:
     cam_stride: int = 16  # the backbone map the CAM head reads (4, 8 or 16)
     dec_key_bias: bool = False  # add gamma * log(F^key_c + eps) to query c's cross-attention logits
     dec_logits: Literal["query", "part"] = "query"  # what the decoder's classifier reads (decoder.py)
-    cam_pool: Literal["gap", "lse", "lmp"] = "gap"  # the CAM head's pooling (the paper: GAP; see cam.py)
+    cam_pool: Literal["gap", "lse", "lmp", "peak"] = "gap"  # the CAM head's pooling (the paper: GAP; see cam.py)
     cam_lse_r: float = 5.0  # its sharpness with cam_pool="lse"
     cam_lmp_eps: float = 0.01  # the leak of cam_pool="lmp" (LMPNet's leaky max pooling)
     loss: LossWeights = field(default_factory=LossWeights)
@@ -184,8 +184,8 @@ class LOFRConfig:
                              "location maps F^key, Eq. 3, which only exist with SPE)")
         if self.dec_value not in ("memory", "local"):
             raise ValueError(f"LOFRConfig: dec_value must be 'memory' or 'local', got {self.dec_value!r}")
-        if self.cam_pool not in ("gap", "lse", "lmp"):
-            raise ValueError(f"LOFRConfig: cam_pool must be 'gap', 'lse' or 'lmp', got {self.cam_pool!r}")
+        if self.cam_pool not in ("gap", "lse", "lmp", "peak"):
+            raise ValueError(f"LOFRConfig: cam_pool must be 'gap', 'lse', 'lmp' or 'peak', got {self.cam_pool!r}")
         if self.d_model % self.nhead:
             raise ValueError(f"LOFRConfig: d_model {self.d_model} not divisible by nhead {self.nhead}")
         if self.cam_stride not in BACKBONE_STRIDES:
