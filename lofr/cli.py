@@ -3,7 +3,7 @@
     lofr synth OUT --train N --val M --seed S        write a SynthPose dataset in COCO layout
     lofr quickstart [--data ROOT]                     the main job on the embedded default
     lofr train --config NAME|YAML [key=value ...]     train (torchrun -m lofr.cli train ... for DDP)
-    lofr eval --checkpoint CKPT [--flip-test]         metrics table + COCO results JSON
+    lofr eval --checkpoint CKPT [--flip-test] [--decode pose_prior]   metrics table + COCO results JSON
     lofr predict IMAGE --checkpoint CKPT [--box ...]  draw the skeleton on your own image
     lofr data check ROOT --schema coco|mpii|crowdpose verify a dataset download
 
@@ -73,7 +73,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from lofr.data.topdown import mean_pose_prior
-    from lofr.engine.trainer import build_datasets, evaluate, load_model
+    from lofr.engine.trainer import build_datasets, evaluate, load_model, pose_prior_for
     from lofr.eval import format_per_joint, format_report
 
     model, cfg = load_model(args.checkpoint, device=args.device)
@@ -81,12 +81,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         cfg.data.root = args.data
     if args.split == "train":  # evaluate on the training annotations, un-augmented
         cfg.data.val_ann, cfg.data.val_img = cfg.data.train_ann, cfg.data.train_img
+    if args.decode:
+        cfg.decode = args.decode
     _, val = build_datasets(cfg, train=False)
-    prior = mean_pose_prior(build_datasets(cfg, val=False)[0]) if args.prior else None
+    train = build_datasets(cfg, val=False)[0] if args.prior or cfg.decode == "pose_prior" else None
+    prior = mean_pose_prior(train) if args.prior else None
+    pose_model = pose_prior_for(cfg, train) if train is not None else None  # cfg.decode = "pose_prior"
     flip = cfg.data.flip_test if args.flip_test is None else args.flip_test
     report = evaluate(model, val, cfg.data.eval_batch_size, flip, device=args.device, prior_pose=prior,
-                      results_file=args.out, progress=not args.quiet)
-    rows = {cfg.name: report}
+                      results_file=args.out, progress=not args.quiet, pose_prior=pose_model)
+    rows = {cfg.name + (" (pose-prior decoding)" if pose_model is not None else ""): report}
     if report.prior is not None:
         rows["mean-pose prior"] = report.prior
     print(format_report(rows))
@@ -176,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     flip.add_argument("--flip-test", dest="flip_test", action="store_true", default=None)
     flip.add_argument("--no-flip-test", dest="flip_test", action="store_false")
     e.add_argument("--prior", action="store_true", help="also report the mean-pose prior (reads the training set)")
+    e.add_argument("--decode", choices=["argmax", "pose_prior"], default=None,
+                   help="keypoints from each map's arg-max, or jointly with a pose model of the training set's "
+                        "locations (lofr.eval.pose_prior); default: the checkpoint's config")
     e.add_argument("--out", default=None, help="write the COCO results JSON here")
     e.add_argument("--device", default="cpu")
     e.add_argument("--quiet", action="store_true")

@@ -115,6 +115,8 @@ def test_train_eval_predict_end_to_end(tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(run / "best.pt"), "--out", str(results), "--prior", "--quiet"]) == 0
     text = capsys.readouterr().out
     assert "mean-pose prior" in text and "left_wrist" in text
+    assert main(["eval", "--checkpoint", str(run / "best.pt"), "--decode", "pose_prior", "--quiet"]) == 0
+    assert "(pose-prior decoding)" in capsys.readouterr().out
     from pycocotools.coco import COCO
 
     gt = COCO(str(root / "annotations" / "person_keypoints_val2017.json"))

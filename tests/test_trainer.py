@@ -407,6 +407,26 @@ def test_plain_cam_model_trains_evaluates_and_reloads(tiny_synth, tmp_path):
     assert a["PCK@0.2"] == b["PCK@0.2"] and a["px err"] == pytest.approx(b["px err"])
 
 
+def test_decode_pose_prior_is_what_the_trainer_and_eval_score(tiny_synth, tmp_path):
+    """decode=pose_prior: the run's own evaluation decodes with the pose model fitted on the training
+    locations (lofr.eval.pose_prior), as evaluate(..., pose_prior=pose_prior_for(cfg, train)) does."""
+    from lofr.engine.trainer import pose_prior_for
+
+    cfg = tiny_cfg(tiny_synth, "decode=pose_prior", "max_steps=2", "model=cam", "arch.cam_stride=8")
+    result = train(cfg, tmp_path / "pp", progress=False)
+    model, cfg2 = load_model(result["last"])
+    assert cfg2.decode == "pose_prior" and pose_prior_for(load_config("synth-cpu-scratch", TINY), None) is None
+    train_ds, val = build_datasets(cfg2)
+    pose_model = pose_prior_for(cfg2, train_ds)
+    assert pose_model is not None and len(pose_model.tree) == train_ds.schema.num_keypoints - 1
+    with_prior = evaluate(model, val, batch_size=16, flip_test=True, pose_prior=pose_model).summary()
+    assert with_prior == pytest.approx(result["history"][-1]["val"])
+    argmax = evaluate(model, val, batch_size=16, flip_test=True).summary()
+    assert argmax["px err"] != pytest.approx(with_prior["px err"])  # a different decoding, not a relabelled one
+    with pytest.raises(ConfigError, match="decode"):
+        tiny_cfg(tiny_synth, "decode=viterbi")
+
+
 def test_best_checkpoint_breaks_ap_ties_on_pck():
     """A CPU run's AP is often 0 at every evaluation: best.pt must then follow PCK@0.2 (then PCK@0.1),
     not stay the first epoch's model."""

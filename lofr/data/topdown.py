@@ -51,7 +51,7 @@ from .transforms import (
     half_body_center_scale, normalize_image, warp_image,
 )
 
-__all__ = ["AugConfig", "CropParams", "TopDownDataset", "load_rgb", "mean_pose_prior", "collate", "FILLS"]
+__all__ = ["AugConfig", "CropParams", "TopDownDataset", "load_rgb", "mean_pose_prior", "crop_poses", "collate", "FILLS"]
 
 log = logging.getLogger("lofr.data")
 
@@ -488,6 +488,19 @@ class TopDownDataset(Dataset):
             m = torch.from_numpy(_segmentation_mask(ann, rec.bbox, h, w)).float()[None]  # (1, h, w)
             sample["person_mask"] = (warp_image(m, mat, out_hw, fill="zeros") > 0).float()  # (1, H, W)
         return sample
+
+
+def crop_poses(dataset: TopDownDataset) -> np.ndarray:
+    """(N, C, 2) every instance's joints in its eval-mode crop (input pixels; no augmentation, no image
+    reads), NaN where a joint is unlabelled or outside the crop: the locations a pose prior is fitted on,
+    without their images (``lofr.eval.pose_prior``)."""
+    in_h, in_w = dataset.input_size
+    out = np.full((len(dataset.records), dataset.schema.num_keypoints, 2), np.nan)
+    for i, rec in enumerate(dataset.records):
+        kp = affine_points(rec.keypoints[:, :2], crop_affine(rec.center, rec.scale, 0.0, dataset.input_size))
+        ok = (rec.keypoints[:, 2] > 0) & (kp[:, 0] >= 0) & (kp[:, 0] < in_w) & (kp[:, 1] >= 0) & (kp[:, 1] < in_h)
+        out[i, ok] = kp[ok]
+    return out
 
 
 def mean_pose_prior(dataset: TopDownDataset) -> np.ndarray:

@@ -155,6 +155,9 @@ class TrainConfig:
     max_steps: stop after this many optimiser steps in total (0 = run all epochs); the schedule
         still follows ``optim.epochs``, so a short run is the beginning of the long one.
     log_every: write the loss terms to ``steps.jsonl`` every N steps.
+    decode: how evaluation turns a model's maps into keypoints: "argmax" (each map's refined arg-max) or
+        "pose_prior" (jointly with a pose model fitted on the training set's locations WITHOUT their images,
+        the information the mean-pose prior uses: ``lofr.eval.pose_prior``). Training is the same.
     """
 
     name: str = "run"
@@ -170,6 +173,7 @@ class TrainConfig:
     eval_every: int = 1
     max_steps: int = 0
     log_every: int = 20
+    decode: Literal["argmax", "pose_prior"] = "argmax"
 
     def check(self) -> "TrainConfig":
         """Raise ConfigError for values that are well-typed but unusable; returns self."""
@@ -201,6 +205,8 @@ class TrainConfig:
             raise ConfigError(f"optim.milestones must be increasing epochs, got {o.milestones}")
         if self.max_steps < 0 or self.eval_every < 0 or self.log_every < 1:
             raise ConfigError("max_steps >= 0, eval_every >= 0 and log_every >= 1 needed")
+        if self.decode not in ("argmax", "pose_prior"):
+            raise ConfigError(f"decode must be 'argmax' or 'pose_prior', got {self.decode!r}")
         if self.amp not in ("auto", "bf16", "fp16", "off"):
             raise ConfigError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {self.amp!r}")
         lofr_config(self)  # arch keys and values

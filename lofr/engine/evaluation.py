@@ -22,7 +22,18 @@ from lofr.eval.detections import detection_results
 from lofr.eval.report import EvalReport
 from lofr.models.lofr import decode_response_maps, normalise_cams
 
-__all__ = ["predict_records", "records_to_results", "evaluate", "evaluate_with_detections"]
+__all__ = ["predict_records", "records_to_results", "evaluate", "evaluate_with_detections", "pose_prior_for"]
+
+
+def pose_prior_for(cfg, train_ds: TopDownDataset):
+    """The pose model ``cfg.decode`` asks for: a ``PosePrior`` fitted on ``train_ds``'s locations (its
+    eval-mode crops, no image read) for ``decode="pose_prior"``, None for "argmax"."""
+    if cfg.decode != "pose_prior":
+        return None
+    from lofr.data.topdown import crop_poses
+    from lofr.eval.pose_prior import PosePrior
+
+    return PosePrior.fit(crop_poses(train_ds), train_ds.schema.edges, train_ds.input_size)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -46,7 +57,7 @@ def _maps_and_probs(model: nn.Module, images: torch.Tensor, source: str = "respo
 @torch.no_grad()
 def predict_records(model: nn.Module, loader: DataLoader, flip_test: bool = True, device=None, amp: str = "off",
                     schema: str | KeypointSchema | None = None, progress: bool = False,
-                    source: str = "response") -> list[dict]:
+                    source: str = "response", pose_prior=None) -> list[dict]:
     """Predictions for every crop of ``loader`` (eval-mode TopDownDataset batches), as records in
     ORIGINAL image coordinates: ``{"image_id", "ann_id", "keypoints" (C, 2), "scores" (C,)}``.
 
@@ -60,6 +71,9 @@ def predict_records(model: nn.Module, loader: DataLoader, flip_test: bool = True
 
     source: "response" (the model's output) or "cam" (LOFR's CAM head alone, the plain-CAM
     reference, as ``LOFR.predict_cam``; stride 16).
+    pose_prior: a ``lofr.eval.pose_prior.PosePrior``: the keypoints are decoded jointly with it (the
+    flip-averaged maps' local maxima and the pose model) instead of by each map's refined arg-max; the
+    scores are unchanged.
     """
     if source not in ("response", "cam"):
         raise ValueError(f"source must be 'response' or 'cam', got {source!r}")
@@ -86,6 +100,8 @@ def predict_records(model: nn.Module, loader: DataLoader, flip_test: bool = True
                 maps = 0.5 * (maps + maps_f.flip(-1)[:, flip_index])
                 probs = None if probs is None else 0.5 * (probs + probs_f[:, flip_index])
         keypoints, concentration = decode_response_maps(maps, stride)  # (B, C, 2), (B, C)
+        if pose_prior is not None:
+            keypoints = torch.from_numpy(pose_prior.decode(maps.cpu().double().numpy(), stride)).float()
         scores = maps.amax(dim=(-2, -1)).clamp(0, 1) if probs is None else probs * concentration
         keypoints, scores = keypoints.cpu().numpy(), scores.cpu().numpy()
         meta = batch["meta"]
@@ -110,7 +126,7 @@ def records_to_results(records: list[dict]) -> list[dict]:
 
 def evaluate(model: nn.Module, dataset: TopDownDataset, batch_size: int = 64, flip_test: bool = True,
              device=None, amp: str = "off", workers: int = 0, prior_pose: np.ndarray | None = None,
-             results_file=None, progress: bool = False, source: str = "response") -> EvalReport:
+             results_file=None, progress: bool = False, source: str = "response", pose_prior=None) -> EvalReport:
     """Evaluate ``model`` on an eval-mode ``dataset`` (ground-truth boxes) -> ``EvalReport`` (OKS AP via
     COCOeval / xtcocotools, PCK@0.1 / 0.2, mean pixel error; see ``lofr.eval.evaluate_keypoints``).
 
@@ -118,6 +134,7 @@ def evaluate(model: nn.Module, dataset: TopDownDataset, batch_size: int = 64, fl
         records on the same crops become ``report.prior`` (a joint never seen: the crop centre).
     results_file: also write the COCO results JSON there.
     source: "response" or "cam" (LOFR's CAM arg-max; see :func:`predict_records`).
+    pose_prior: decode jointly with this pose model (``lofr.eval.pose_prior``; see :func:`predict_records`).
     Runs under ``torch.random.fork_rng``: the caller's RNG state is unchanged afterwards.
     """
     if dataset.train:
@@ -125,7 +142,8 @@ def evaluate(model: nn.Module, dataset: TopDownDataset, batch_size: int = 64, fl
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate)
     was_training = model.training
     with torch.random.fork_rng(devices=[]):
-        records = predict_records(model, loader, flip_test, device, amp, dataset.schema, progress, source)
+        records = predict_records(model, loader, flip_test, device, amp, dataset.schema, progress, source,
+                                  pose_prior)
     model.train(was_training)
     prior = None
     if prior_pose is not None:

@@ -62,7 +62,8 @@ from lofr.engine.checkpoint import save_checkpoint
 from lofr.engine.config import TrainConfig, config_dict
 # what is imported here and not used is re-exported (see the module docstring)
 from lofr.engine.diagnostics import attention_qk_scales, dead_attention_warning
-from lofr.engine.evaluation import _maps_and_probs, evaluate, predict_records, records_to_results  # noqa: F401
+from lofr.engine.evaluation import (_maps_and_probs, evaluate, pose_prior_for, predict_records,  # noqa: F401
+                                    records_to_results)
 from lofr.engine.models import SupOnly, build_model, load_model, loss_weights, param_groups  # noqa: F401
 from lofr.engine.resume import check_resumable, resume_state
 from lofr.engine.runtime import autocast, init_distributed, pick_device, rng_state, seed_everything
@@ -274,6 +275,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
     optimizer = opt_cls(groups, lr=o.lr, weight_decay=o.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
     prior_pose = mean_pose_prior(train_ds) if di.is_main else None
+    pose_model = pose_prior_for(cfg, train_ds) if di.is_main else None  # decode="pose_prior"
 
     step, history, best = 0, [], None
     if resume:
@@ -344,7 +346,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
         state_epoch = epoch + 1 if epoch_done else epoch
         if di.is_main and (due or finished):
             report = evaluate(core, eval_ds, cfg.data.eval_batch_size, cfg.data.flip_test, device, amp,
-                              prior_pose=prior_pose, results_file=out_dir / "results.json")
+                              prior_pose=prior_pose, results_file=out_dir / "results.json", pose_prior=pose_model)
             summary = report.summary()
             record = {"epoch": epoch, "step": step, "epoch_done": epoch_done,
                       "train": {k: v / max(n, 1) for k, v in sums.items()}, "val": summary,
