@@ -1,4 +1,4 @@
-"""benchmarks/learning_curves.py, label_stats.py and occlusion.py on a tiny generated SynthPose: the curve's
+"""benchmarks/learning_curves.py, label_stats.py, occlusion.py and decode_weight.py on a tiny generated SynthPose: the curve's
 points are kept per run and a second start skips them and resumes the run; the verdict rule on hand curves;
 the label statistics and the occlusion sweep write their tables."""
 
@@ -71,7 +71,7 @@ def test_occlusion_score_hand_computed():
     assert s["chance_hit"] == pytest.approx(6 / 8)
 
 
-def test_label_stats_and_occlusion_write_their_tables(tiny_root, tmp_path, own_cache):
+def test_label_stats_occlusion_and_decode_weight_write_their_tables(tiny_root, tmp_path, own_cache):
     ls = load_benchmark("label_stats")
     out = ls.main(["--data-root", str(tiny_root), "--results-dir", str(tmp_path / "res"), "--set", *TINY,
                    "data.workers=0"])
@@ -89,3 +89,8 @@ def test_label_stats_and_occlusion_write_their_tables(tiny_root, tmp_path, own_c
     occ = oc.main([res["last"], "--crops", "3", "--results-dir", str(tmp_path / "res")])
     row = next(iter(occ["results"].values()))
     assert row["joints"] > 0 and 0.0 <= row["hit"] <= 1.0 and 0.0 < row["chance_hit"] < 1.0
+    dw = load_benchmark("decode_weight")
+    sweep = dw.main([res["last"], "--alphas", "0", "1", "--results-dir", str(tmp_path / "res")])
+    r = next(iter(sweep["results"].values()))
+    assert set(r["sweep"]) == {"0.0", "1.0"} and r["best_alpha"] in (0.0, 1.0)
+    assert "alpha 0 " in (tmp_path / "res" / "decode_weight.md").read_text()

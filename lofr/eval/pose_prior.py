@@ -81,6 +81,7 @@ class PosePrior:
     offset_mean: np.ndarray  # (E, 2)
     offset_std: np.ndarray  # (E, 2)
     input_size: tuple[int, int]  # (H, W)
+    alpha: float = 1.0  # the map term's weight (1: map and pose model as two log-densities)
 
     @classmethod
     def fit(cls, poses: np.ndarray, edges, input_size, min_std: float = 1.0) -> "PosePrior":
@@ -117,9 +118,11 @@ class PosePrior:
         vals = np.concatenate([vals, mval[..., None]], 2)
         return xy, np.log(np.maximum(vals, 1e-12))
 
-    def decode(self, maps: np.ndarray, stride: int, alpha: float = 1.0, top_k: int = 4) -> np.ndarray:
+    def decode(self, maps: np.ndarray, stride: int, alpha: float | None = None, top_k: int = 4) -> np.ndarray:
         """maps (B, C, h, w) -> keypoints (B, C, 2) (x, y) in crop pixels: the exact maximiser of the
-        module docstring's objective over the candidates (max-product over the tree)."""
+        module docstring's objective over the candidates (max-product over the tree); ``alpha``: the map
+        term's weight (default ``self.alpha``)."""
+        alpha = self.alpha if alpha is None else alpha
         xy, logm = self.candidates(maps, stride, top_k)  # (B, C, K, 2), (B, C, K)
         unary = alpha * logm + _log_gauss(xy - self.mean[None, :, None], self.std[None, :, None])  # (B, C, K)
         b, c, k = unary.shape
