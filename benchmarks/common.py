@@ -129,7 +129,7 @@ QUICK = ["optim.epochs=1", "max_steps=2", "optim.batch_size=8", "optim.warmup_st
 METRICS = ("PCK@0.1", "PCK@0.2", "px err", "AP", "AR")  # what every table row records
 
 __all__ += ["QUICK", "METRICS", "training_parser", "base_overrides", "run_rows", "metrics_of", "mean_std",
-            "format_cell", "paired_gain", "train_seconds", "finish"]
+            "format_cell", "paired_gain", "train_seconds", "finish", "kept_dir"]
 
 
 def training_parser(doc: str, runs_name: str) -> argparse.ArgumentParser:
@@ -149,6 +149,8 @@ def training_parser(doc: str, runs_name: str) -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="dataset root (default: the config's; SynthPose)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1; see synth_claim.py)")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 steps per row, tiny batches")
+    p.add_argument("--fresh", action="store_true", help="retrain every run: ignore the kept results of finished runs "
+                                                         "and the last.pt of unfinished ones")
     p.add_argument("--results-name", default=None,
                    help="results file stem (default: the script's, e.g. table4_semi_weak; another dataset: another name)")
     return p
@@ -201,6 +203,12 @@ def run_dir(base: Path, key: str, seed: int, loading: bool) -> Path:
     return d
 
 
+def kept_dir(args) -> Path:
+    """Where run_rows keeps one file per finished (row, seed): ``<results-dir>/runs/<results-name or the
+    runs folder's name>/`` (committed with the results, so a later session skips those runs)."""
+    return Path(args.results_dir) / "runs" / (getattr(args, "results_name", None) or Path(args.runs_dir).name)
+
+
 def run_rows(rows: dict, args, common: list[str], per_model=None, log=print) -> dict:
     """Train (or load, with ``args.checkpoint_dir``) and evaluate every row for every seed.
 
@@ -209,25 +217,50 @@ def run_rows(rows: dict, args, common: list[str], per_model=None, log=print) -> 
     on each trained model (stored under "extra"). Returns {key: {"label", "overrides",
     "per_seed": {seed: metrics}, "mean": {metric: mean}, "std": {metric: std}, "timing": {seed:
     {train_s, steps, batch, images_per_s, eval_s}}, "extra": {seed: ...}}}.
+
+    Stopped and started again, it resumes: each finished (row, seed) is kept in ``kept_dir(args)/<key>-seed<k>.json``
+    (its overrides, metrics, timing, extra, commit) and skipped next time when its overrides are the same; an
+    unfinished run continues from its ``last.pt`` in ``--runs-dir`` (training resumes bit for bit). ``args.fresh``
+    (``--fresh``) retrains everything.
     """
+    from lofr.config_utils import ConfigError
+    from lofr.engine.checkpoint import CheckpointError
     from lofr.engine.config import load_config
     from lofr.engine.feature_cache import eval_crops
     from lofr.engine.runtime import pick_device
     from lofr.engine.trainer import build_datasets, evaluate, load_model, train
 
+    kept = kept_dir(args)
+    fresh = getattr(args, "fresh", False)
     out, val_ds = {}, None
     for key, (label, extra) in rows.items():
         row = {"label": label, "overrides": list(extra), "per_seed": {}, "timing": {}, "extra": {}}
         for seed in args.seeds:
-            cfg = load_config(args.config, list(common) + list(extra) + [f"seed={seed}"])
+            overrides = list(common) + list(extra) + [f"seed={seed}"]
+            kept_file = kept / f"{key}-seed{seed}.json"
+            if not args.checkpoint_dir and not fresh and kept_file.is_file():
+                done = json.loads(kept_file.read_text())
+                if done.get("overrides") == overrides and done.get("config") == args.config:
+                    row["per_seed"][seed], row["timing"][seed] = done["metrics"], done["timing"]
+                    if "extra" in done:
+                        row["extra"][seed] = done["extra"]
+                    log(f"{label} (seed {seed}): kept from {kept_file.name}", flush=True)
+                    continue
+                log(f"{label} (seed {seed}): {kept_file.name} was run with other overrides; training again", flush=True)
+            cfg = load_config(args.config, overrides)
             timing = {}
             if args.checkpoint_dir:
                 path = run_dir(Path(args.checkpoint_dir), key, seed, loading=True) / "last.pt"
                 model, cfg = load_model(path, pick_device(cfg.device))
             else:
                 t0 = time.perf_counter()
-                res = train(cfg, run_dir(Path(args.runs_dir), key, seed, loading=False), overwrite=True,
-                            progress=False)
+                folder = run_dir(Path(args.runs_dir), key, seed, loading=False)
+                try:  # an unfinished run of the same config continues from its last.pt
+                    if fresh or not (folder / "last.pt").is_file():
+                        raise CheckpointError("nothing to resume")
+                    res = train(cfg, folder, resume=True, progress=False)
+                except (CheckpointError, ConfigError):
+                    res = train(cfg, folder, overwrite=True, progress=False)
                 timing = {"train_s": round(time.perf_counter() - t0, 1), "steps": res["step"],
                           "batch": cfg.optim.batch_size, "evals_in_training": len(res["history"])}
                 model, _ = load_model(res["last"], pick_device(cfg.device))  # evaluated where it trained
@@ -246,6 +279,15 @@ def run_rows(rows: dict, args, common: list[str], per_model=None, log=print) -> 
             row["per_seed"][seed], row["timing"][seed] = metrics_of(report), timing
             if per_model is not None:
                 row["extra"][seed] = per_model(key, seed, model, cfg, val_ds)
+            if not args.checkpoint_dir:
+                kept.mkdir(parents=True, exist_ok=True)
+                record = {"row": key, "label": label, "seed": seed, "config": args.config, "overrides": overrides,
+                          "metrics": row["per_seed"][seed], "timing": timing, "commit": git_commit()}
+                if seed in row["extra"]:
+                    record["extra"] = row["extra"][seed]
+                tmp = kept_file.with_suffix(".tmp")
+                tmp.write_text(json.dumps(record, indent=1, default=float) + "\n")
+                os.replace(tmp, kept_file)
             m = row["per_seed"][seed]
             log(f"{label} (seed {seed}): PCK@0.1 {m['PCK@0.1']:.3f}  PCK@0.2 {m['PCK@0.2']:.3f}  "
                 f"px err {m['px err']:.1f}  AP {m['AP']:.3f}  {timing}", flush=True)

@@ -208,3 +208,23 @@ def test_testbed_quick_and_its_guard_against_another_testbeds_table4(tiny_root, 
     rows, note = tb.fraction_rows(tmp_path)
     assert rows == [] and "not used" in note and "fc85308372" in note
     assert tb._on_this_testbed(tb.TESTBED_COMMIT) and not tb._on_this_testbed("fc85308372")
+
+
+def test_tables_skip_finished_runs_and_resume_unfinished_ones(tiny_root, tmp_path, capsys):
+    """A table stopped and started again: finished (row, seed) runs are read from their kept files, an unfinished
+    run continues from its last.pt, and --fresh trains everything again."""
+    t5 = load_benchmark("table5_modules")
+    first = t5.main(quick_args(tiny_root, tmp_path, "--rows", "baseline") + ["max_steps=1"])  # stopped at step 1
+    run = tmp_path / "runs" / "baseline" / "seed0"
+    kept = tmp_path / "results" / "runs" / "runs" / "baseline-seed0.json"
+    assert kept.is_file() and json.loads(kept.read_text())["metrics"] == first["rows"]["baseline"]["per_seed"][0]
+    second = t5.main(quick_args(tiny_root, tmp_path, "--rows", "baseline"))  # QUICK's max_steps=2: more to do
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]  # resumed from step 1, not trained again from 0
+    assert "other overrides; training again" in capsys.readouterr().out
+    third = t5.main(quick_args(tiny_root, tmp_path, "--rows", "baseline"))
+    assert "kept from baseline-seed0.json" in capsys.readouterr().out
+    assert third["rows"]["baseline"]["per_seed"] == second["rows"]["baseline"]["per_seed"]
+    t5.main(quick_args(tiny_root, tmp_path, "--rows", "baseline", "--fresh"))
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2] and "kept from" not in capsys.readouterr().out
