@@ -32,6 +32,11 @@ def test_verdict_rule_on_hand_curves():
     assert lc.verdict(flat, 0.33).startswith("mechanism-limited: +0.005")
     assert lc.verdict(above, 0.33).startswith("above the prior")
     assert lc.verdict({100: (0.1, 0.0, 1)}, 0.33) == "too few points"
+    at_02 = {100: (0.60, 0.0, 1), 200: (0.65, 0.0, 1), 400: (0.70, 0.0, 1)}  # PCK@0.2 still below its prior
+    slow = {100: (0.30, 0.0, 1), 200: (0.35, 0.0, 1), 400: (0.352, 0.0, 1)}
+    assert lc.verdict(slow, 0.33, at_02, 0.72).startswith("mechanism-limited: +0.002")
+    assert "above the prior at PCK@0.1, 0.020 below it at PCK@0.2" in lc.verdict(slow, 0.33, at_02, 0.72)
+    assert lc.verdict(above, 0.33, above, 0.30).startswith("above the prior (0.360 > 0.330; 0.360 > 0.300")
 
 
 def test_learning_curve_points_are_kept_and_a_restart_resumes(tiny_root, tmp_path, own_cache, capsys):

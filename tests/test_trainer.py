@@ -10,6 +10,7 @@ import json
 import math
 import pickle
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,7 +64,8 @@ PAPER = [n for n in ("coco-r50-256x192", "coco-r50-384x288", "coco-hrnet32-256x1
 
 
 def test_every_shipped_config_loads_and_the_paper_ones_carry_sec_4_2():
-    assert set(available_configs()) == set(PAPER) | {"synth-cpu", "synth-cpu-guided", "synth-cpu-scratch"}
+    assert set(available_configs()) == set(PAPER) | {"synth-cpu", "synth-cpu-guided", "synth-cpu-scratch",
+                                                     "synth-cpu-best"}
     epochs = {"mpii": 160, "crowdpose": 210, "coco": 210}
     for name in PAPER:
         cfg = load_config(name)
@@ -91,6 +93,31 @@ def test_every_shipped_config_loads_and_the_paper_ones_carry_sec_4_2():
     guided = load_config("synth-cpu-guided")  # synth-cpu + the CAM-guided changes (its header says why)
     assert guided.data == bed.data
     assert guided.arch["dec_key_bias"] is True
+    best = load_config("synth-cpu-best")  # location-free: no heatmap term, its label rule written down
+    assert best.loss.mse == 0.0 and best.data.labelled_fraction is None and best.data.labels == "crop"
+    assert best.arch["dec_logits"] == "part" and best.arch["freeze_to"] == 16
+
+
+def test_synth_cpu_best_is_the_learning_curves_lofr_part_run():
+    """Its learning curve's points are this recipe stopped early: same model, data, optimiser and constant lr;
+    only the name and how the run is stopped (epochs vs max_steps) differ."""
+    import sys
+
+    from lofr.engine.config import config_dict
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import learning_curves as lc
+
+    best = config_dict(load_config("synth-cpu-best"))
+    steps = best["optim"]["epochs"] * 204  # 204 steps per epoch on SynthPose
+    curve = config_dict(load_config("synth-cpu", lc.REGIME + lc.ROWS["lofr-part"][1] + [f"max_steps={steps}"]))
+    assert best["optim"]["schedule"] == "constant" and steps in lc.STEPS
+    for key in best:
+        if key == "optim":
+            assert {k: v for k, v in best[key].items() if k != "epochs"} == \
+                {k: v for k, v in curve[key].items() if k != "epochs"}
+        elif key not in ("name", "max_steps"):
+            assert best[key] == curve[key], key
 
 
 def test_load_config_overrides_and_clear_errors(tmp_path):
