@@ -23,7 +23,7 @@ Rows (``--rows``):
 Each point records PCK@0.1 / @0.2 / px error / AP on SynthPose val (the trainer's own evaluation: cached eval
 crops, flip test), PCK@0.1 per joint group, the mean-pose prior's on the same crops, and for LOFR rows also
 LOFR's own CAM arg-max. Every run's points are kept in their own file,
-``<results-dir>/learning_curves/<row>-seed<k>.json``, written after each point: a stopped benchmark started
+``<results-dir>/<results-name>/<row>-seed<k>.json`` (default name ``learning_curves``), written after each point: a stopped benchmark started
 again skips the points it has and resumes the run from ``<runs-dir>/<row>/seed<k>/last.pt`` (or retrains it
 from step 0 to the next missing point when the run folder is gone). The table, its state (complete or which
 points are missing) and the plot are rebuilt from those files every time.
@@ -32,6 +32,8 @@ points are missing) and the plot are rebuilt from those files every time.
     python benchmarks/learning_curves.py --rows lofr lofr-part --seeds 0 1 2
     python benchmarks/learning_curves.py --table-only                 # table + plot from the point files
     python benchmarks/learning_curves.py --quick                      # smoke run: 2 points of 1-2 steps
+    python benchmarks/learning_curves.py --rows lofr-part --data-root data/synthpose-seed1-224x176 \\
+        --results-name learning_curves_seed1 --runs-dir runs/learning_curves_seed1   # another SynthPose
 
 Two processes may run disjoint ``--rows`` at once (one core each: ``--threads 1``, ``data.workers=0``).
 Writes ``benchmarks/results/learning_curves.{json,md,png}``.
@@ -93,7 +95,7 @@ def run_curve(key: str, seed: int, steps: list[int], args, common: list[str], lo
     from lofr.engine.trainer import build_datasets, evaluate, load_model, train
 
     label, extra = ROWS[key]
-    points_dir = Path(args.results_dir) / "learning_curves"
+    points_dir = Path(args.results_dir) / (args.results_name or "learning_curves")  # another dataset: another name
     points_dir.mkdir(parents=True, exist_ok=True)
     pfile = points_dir / f"{key}-seed{seed}.json"
     state = json.loads(pfile.read_text()) if pfile.is_file() else {}
@@ -139,10 +141,10 @@ def run_curve(key: str, seed: int, steps: list[int], args, common: list[str], lo
     return state
 
 
-def load_points(results_dir: Path) -> dict:
-    """{row: {seed: state}} from every point file."""
+def load_points(results_dir: Path, name: str = "learning_curves") -> dict:
+    """{row: {seed: state}} from every point file of ``<results_dir>/<name>/``."""
     out = {}
-    for f in sorted((Path(results_dir) / "learning_curves").glob("*-seed*.json")):
+    for f in sorted((Path(results_dir) / name).glob("*-seed*.json")):
         s = json.loads(f.read_text())
         out.setdefault(s["row"], {})[int(s["seed"])] = s
     return out
@@ -267,7 +269,7 @@ State: {state}
 
 
 def write_table(args, argv, t_start: float, steps: list[int]) -> dict:
-    data = load_points(args.results_dir)
+    data = load_points(args.results_dir, args.results_name or "learning_curves")
     table, state, verdicts = build_table(data, steps)
     from lofr.engine.config import load_config
 
