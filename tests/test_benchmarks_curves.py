@@ -25,18 +25,23 @@ def curve_args(tiny_root, tmp_path, *extra) -> list[str]:
 
 def test_verdict_rule_on_hand_curves():
     lc = load_benchmark("learning_curves")
-    rising = {100: (0.10, 0.0, 1), 200: (0.15, 0.0, 1), 400: (0.20, 0.0, 1)}
-    flat = {100: (0.10, 0.0, 1), 200: (0.15, 0.0, 1), 400: (0.155, 0.0, 1)}
-    above = {100: (0.30, 0.0, 1), 200: (0.35, 0.0, 1), 400: (0.36, 0.0, 1)}
-    assert lc.verdict(rising, 0.33).startswith("budget-limited: +0.050")
-    assert lc.verdict(flat, 0.33).startswith("mechanism-limited: +0.005")
-    assert lc.verdict(above, 0.33).startswith("above the prior")
-    assert lc.verdict({100: (0.1, 0.0, 1)}, 0.33) == "too few points"
-    at_02 = {100: (0.60, 0.0, 1), 200: (0.65, 0.0, 1), 400: (0.70, 0.0, 1)}  # PCK@0.2 still below its prior
-    slow = {100: (0.30, 0.0, 1), 200: (0.35, 0.0, 1), 400: (0.352, 0.0, 1)}
-    assert lc.verdict(slow, 0.33, at_02, 0.72).startswith("mechanism-limited: +0.002")
-    assert "above the prior at PCK@0.1, 0.020 below it at PCK@0.2" in lc.verdict(slow, 0.33, at_02, 0.72)
-    assert lc.verdict(above, 0.33, above, 0.30).startswith("above the prior (0.360 > 0.330; 0.360 > 0.300")
+
+    def c(*values, seeds=(0,)):  # {step: {seed: value}}, the same values for every seed
+        return {100 * 2 ** i: {k: v for k in seeds} for i, v in enumerate(values)}
+
+    assert lc.verdict(c(0.10, 0.15, 0.20, 0.25), 0.33).startswith("budget-limited: +0.100 over the last two")
+    # a noisy plateau: the last doubling alone gains +0.07, the smoothed trend +0.005
+    assert lc.verdict(c(0.21, 0.27, 0.21, 0.28), 0.33).startswith("mechanism-limited: +0.005")
+    assert lc.verdict(c(0.30, 0.35, 0.36, 0.36), 0.33).startswith("above the prior")
+    assert lc.verdict(c(0.1, 0.2, 0.3), 0.33) == "too few points"
+    # PCK@0.1 above its prior, PCK@0.2 below: not "above the prior"
+    v = lc.verdict(c(0.30, 0.35, 0.352, 0.352), 0.33, c(0.60, 0.65, 0.70, 0.70), 0.72)
+    assert v.startswith("budget-limited: +0.027") and "above the prior at PCK@0.1, 0.020 below it at PCK@0.2" in v
+    assert lc.verdict(c(0.3, 0.35, 0.36, 0.36), 0.33, c(0.3, 0.35, 0.36, 0.36), 0.30).startswith(
+        "above the prior (0.360 > 0.330; 0.360 > 0.300")
+    # only the seeds that reached all four points count: seed 1 stopped early and is left out
+    mixed = {100: {0: 0.1, 1: 0.5}, 200: {0: 0.1, 1: 0.5}, 400: {0: 0.1, 1: 0.5}, 800: {0: 0.1}}
+    assert lc.verdict(mixed, 0.33).startswith("mechanism-limited: +0.000 over the last two doublings (1 seed)")
 
 
 def test_learning_curve_points_are_kept_and_a_restart_resumes(tiny_root, tmp_path, own_cache, capsys):
