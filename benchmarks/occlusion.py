@@ -78,6 +78,11 @@ def score(drops: np.ndarray, keypoints: np.ndarray, visible: np.ndarray, prior: 
             "prior_hit": float(np.mean(prior_hit)), "chance_hit": float(np.mean(chance))}
 
 
+def _row(name: str, s: dict) -> list:
+    return [name, s["joints"], f"{s['drop_at_joint']:.4f}", f"{s['drop_elsewhere']:.4f}", f"{s['at_gt_elsewhere']:.3f}",
+            f"{s['hit']:.3f}", f"{s['prior_hit']:.3f}", f"{s['chance_hit']:.3f}"]
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoints", nargs="+")
@@ -86,6 +91,7 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--results-dir", default=str(RESULTS))
     p.add_argument("--results-name", default="occlusion")
+    p.add_argument("--append", action="store_true", help="keep the rows already in the results file (other checkpoints)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -97,6 +103,13 @@ def main(argv=None) -> dict:
     from lofr.engine.sampling import build_datasets
 
     rows, results = [], {}
+    old = Path(args.results_dir) / f"{args.results_name}.json"
+    if args.append and old.is_file():
+        import json
+
+        results = {k: v for k, v in json.loads(old.read_text())["results"].items()
+                   if v["checkpoint"] not in args.checkpoints}
+        rows = [_row(k, v) for k, v in results.items()]
     for ck in args.checkpoints:
         model, cfg = load_model(ck, "cpu")
         model.eval()
@@ -114,8 +127,7 @@ def main(argv=None) -> dict:
         s = score(np.concatenate(all_drops), np.concatenate(kps), np.concatenate(vis), prior, args.patch)
         name = f"{Path(ck).parent.parent.name} {Path(ck).parent.name} {Path(ck).stem}"
         results[name] = {"checkpoint": str(ck), "model": cfg.model, **s}
-        rows.append([name, s["joints"], f"{s['drop_at_joint']:.4f}", f"{s['drop_elsewhere']:.4f}",
-                     f"{s['at_gt_elsewhere']:.3f}", f"{s['hit']:.3f}", f"{s['prior_hit']:.3f}", f"{s['chance_hit']:.3f}"])
+        rows.append(_row(name, results[name]))
         print(rows[-1], flush=True)
     table = markdown_table(["checkpoint", "joints", "drop at joint", "drop elsewhere", "P(at > elsewhere)",
                             "arg-max hit", "prior hit", "chance hit"], rows)

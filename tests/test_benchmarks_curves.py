@@ -99,6 +99,13 @@ def test_label_stats_occlusion_and_decode_weight_write_their_tables(tiny_root, t
     occ = oc.main([res["last"], "--crops", "3", "--results-dir", str(tmp_path / "res")])
     row = next(iter(occ["results"].values()))
     assert row["joints"] > 0 and 0.0 <= row["hit"] <= 1.0 and 0.0 < row["chance_hit"] < 1.0
+    import shutil  # --append keeps the rows of other checkpoints, replaces those of the same one
+
+    other = shutil.copy(res["last"], tmp_path / "cam" / "seed0" / "other.pt")
+    both = oc.main([str(other), res["last"], "--crops", "3", "--results-dir", str(tmp_path / "res"), "--append"])
+    assert len(both["results"]) == 2 and both["results"]["cam seed0 last"] == row
+    again = oc.main([str(other), "--crops", "3", "--results-dir", str(tmp_path / "res"), "--append"])
+    assert len(again["results"]) == 2 and "cam seed0 other" in again["table"] and "cam seed0 last" in again["table"]
     dw = load_benchmark("decode_weight")
     sweep = dw.main([res["last"], "--alphas", "0", "1", "--results-dir", str(tmp_path / "res")])
     r = next(iter(sweep["results"].values()))
