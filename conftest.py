@@ -7,7 +7,7 @@ run in two ordered work units:
 * unit A — notebooks 00-05, 08, 09 in order, then the browser test (tests/test_browser.py), which opens 00
   and 09 again in JupyterLab and, run after them, finds SynthPose, the cached model and the feature cache
   ready instead of building them a second time;
-* then notebooks 07 and 06, each a unit of its own, after the rest of tests/: 07 trains its own models,
+* then notebooks 07, 06 and 10, each a unit of its own, after the rest of tests/: 07 trains its own models,
   06 reuses 01's and 02's (``cached_train`` locks a run, so a kernel that asks for a model another one is
   training waits and loads it).
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 import pytest
 
 UNIT_A = "notebooks 00-05, 08, 09 + tests/test_browser.py"
-_B = ("notebooks/07_", "notebooks/06_")  # run last, one unit each (xdist's default scope: the file)
+_B = ("notebooks/07_", "notebooks/06_", "notebooks/10_")  # run last, one unit each (xdist's default scope: the file)
 
 
 def unit_of(nodeid: str) -> str | None:

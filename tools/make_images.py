@@ -36,6 +36,7 @@ IMAGES: dict[str, tuple[str, str, int]] = {
     "07_semi_weak.png": ("07_semi_weak.ipynb", "fig = plot_fractions(", 0),
     "08_full_scale.png": ("08_full_scale.ipynb", "CrowdPose fixture: the checker's sample", 0),
     "09_explorer.png": ("09_explorer.ipynb", "for ax, view in zip(axes, VIEWS):", 0),
+    "10_what_localises.png": ("10_what_localises.ipynb", "the paper's reading (top) and part logits (bottom)", 0),
 }
 
 
