@@ -251,6 +251,9 @@ def run_rows(rows: dict, args, common: list[str], per_model=None, log=print) -> 
             timing = {}
             if args.checkpoint_dir:
                 path = run_dir(Path(args.checkpoint_dir), key, seed, loading=True) / "last.pt"
+                if not path.is_file():  # a row scored with fewer seeds than asked for: the table says which
+                    log(f"{label} (seed {seed}): no {path}, left out", flush=True)
+                    continue
                 model, cfg = load_model(path, pick_device(cfg.device))
             else:
                 t0 = time.perf_counter()

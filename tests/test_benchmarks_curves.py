@@ -111,3 +111,18 @@ def test_label_stats_occlusion_and_decode_weight_write_their_tables(tiny_root, t
     r = next(iter(sweep["results"].values()))
     assert set(r["sweep"]) == {"0.0", "1.0"} and r["best_alpha"] in (0.0, 1.0)
     assert "alpha 0 " in (tmp_path / "res" / "decode_weight.md").read_text()
+
+
+def test_best_recipe_quick_and_scoring_fewer_seeds(tiny_root, tmp_path, own_cache, capsys):
+    br = load_benchmark("best_recipe")
+    args = ["--quick", "--data-root", str(tiny_root), "--runs-dir", str(tmp_path / "runs"), "--results-dir",
+            str(tmp_path / "res"), "--threads", "1", "--rows", "default", "--set", *TINY]
+    out = br.main(args)
+    row = out["rows"]["default"]
+    assert "prior" in row["extra"][0] and 0.0 <= row["mean"]["PCK@0.1"] <= 1.0
+    md = (tmp_path / "res" / "best_recipe.md").read_text()
+    assert "mean-pose prior (no model)" in md and "- prior @0.1" in md
+    # scoring stored runs: a seed without a checkpoint is left out, and said so
+    scored = br.main(args + ["--checkpoint-dir", str(tmp_path / "runs"), "--seeds", "0", "1", "--note", "where from"])
+    assert list(scored["rows"]["default"]["per_seed"]) == [0] and "seed 1): no " in capsys.readouterr().out
+    assert "where from" in (tmp_path / "res" / "best_recipe.md").read_text()
