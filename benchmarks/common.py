@@ -129,7 +129,7 @@ QUICK = ["optim.epochs=1", "max_steps=2", "optim.batch_size=8", "optim.warmup_st
 METRICS = ("PCK@0.1", "PCK@0.2", "px err", "AP", "AR")  # what every table row records
 
 __all__ += ["QUICK", "METRICS", "training_parser", "base_overrides", "run_rows", "metrics_of", "mean_std",
-            "format_cell", "paired_gain", "train_seconds", "finish", "kept_dir"]
+            "format_cell", "paired_gain", "train_seconds", "finish", "kept_dir", "write_json"]
 
 
 def training_parser(doc: str, runs_name: str) -> argparse.ArgumentParser:
@@ -201,6 +201,14 @@ def run_dir(base: Path, key: str, seed: int, loading: bool) -> Path:
     if loading and not (d / "last.pt").exists() and (Path(base) / key / "last.pt").exists():
         return Path(base) / key
     return d
+
+
+def write_json(path: Path, obj) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically (a temporary file renamed into place): a run stopped while
+    writing leaves the old file or the new one, never half of one."""
+    tmp = Path(path).with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=float) + "\n")
+    os.replace(tmp, path)
 
 
 def kept_dir(args) -> Path:
@@ -288,9 +296,7 @@ def run_rows(rows: dict, args, common: list[str], per_model=None, log=print) -> 
                           "metrics": row["per_seed"][seed], "timing": timing, "commit": git_commit()}
                 if seed in row["extra"]:
                     record["extra"] = row["extra"][seed]
-                tmp = kept_file.with_suffix(".tmp")
-                tmp.write_text(json.dumps(record, indent=1, default=float) + "\n")
-                os.replace(tmp, kept_file)
+                write_json(kept_file, record)
             m = row["per_seed"][seed]
             log(f"{label} (seed {seed}): PCK@0.1 {m['PCK@0.1']:.3f}  PCK@0.2 {m['PCK@0.2']:.3f}  "
                 f"px err {m['px err']:.1f}  AP {m['AP']:.3f}  {timing}", flush=True)

@@ -43,15 +43,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (ROOT, begin, command_line, finish, format_cell, git_commit, markdown_table,  # noqa: E402
-                    mean_std, training_parser)
+from common import (begin, finish, format_cell, git_commit, markdown_table, mean_std, training_parser,  # noqa: E402
+                    write_json)
 
 ROWS = {
     "cam-gap-s16": ("plain CAM, stride 16, GAP (paper)", ["model=cam", "arch.cam_stride=16", "arch.cam_pool=gap"]),
@@ -78,12 +77,6 @@ def point_metrics(report) -> dict:
     s = report.summary()
     return {"PCK@0.1": report.pck[0.1], "PCK@0.2": report.pck[0.2], "px err": report.px_error,
             "AP": s.get("AP", float("nan")), **{f"{g} PCK@0.1": report.pck_per_group[0.1][g] for g in GROUPS}}
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=float) + "\n")
-    os.replace(tmp, path)
 
 
 def run_curve(key: str, seed: int, steps: list[int], args, common: list[str], log=print) -> dict:
@@ -134,7 +127,7 @@ def run_curve(key: str, seed: int, steps: list[int], args, common: list[str], lo
         state["points"][str(m)] = point
         state["commit"] = git_commit()
         shutil.copyfile(res["last"], run / f"step{m}.pt")  # for later diagnostics (prior decoding)
-        _write_json(pfile, state)
+        write_json(pfile, state)
         log(f"{label} seed {seed} step {m}: PCK@0.1 {point['PCK@0.1']:.3f} PCK@0.2 {point['PCK@0.2']:.3f} "
             f"px {point['px err']:.1f} | +pose prior {point['pp']['PCK@0.1']:.3f} / {point['pp']['PCK@0.2']:.3f}" + (f" | CAM {point['cam']['PCK@0.1']:.3f} / {point['cam']['PCK@0.2']:.3f}"
                                            if "cam" in point else "") + f"  ({train_s:.0f} s)", flush=True)
@@ -150,21 +143,6 @@ def load_points(results_dir: Path, name: str = "learning_curves") -> dict:
     return out
 
 
-def curve(states: dict, metric: str, source: str | None = None) -> dict:
-    """{step: (mean, std, n)} over the seeds that reached each step."""
-    steps = sorted({int(m) for s in states.values() for m in s["points"]})
-    out = {}
-    for m in steps:
-        vals = []
-        for s in states.values():
-            p = s["points"].get(str(m))
-            if p is not None and (source is None or source in p):
-                vals.append((p[source] if source else p)[metric])
-        if vals:
-            out[m] = (*mean_std(vals), len(vals))
-    return out
-
-
 def per_seed(states: dict, metric: str, source: str | None = None) -> dict:
     """{step: {seed: value}} of ``metric`` (``source``: "pp", "cam", "cam_pp" or None for the maps' arg-max)."""
     out = {}
@@ -173,6 +151,11 @@ def per_seed(states: dict, metric: str, source: str | None = None) -> dict:
             if source is None or source in p:
                 out.setdefault(int(m), {})[seed] = (p[source] if source else p)[metric]
     return out
+
+
+def curve(states: dict, metric: str, source: str | None = None) -> dict:
+    """{step: (mean, std, n)} over the seeds that reached each step."""
+    return {m: (*mean_std(list(v.values())), len(v)) for m, v in sorted(per_seed(states, metric, source).items())}
 
 
 def verdict(c: dict, prior: float, c2: dict | None = None, prior2: float | None = None) -> str:
