@@ -506,13 +506,7 @@ def crop_poses(dataset: TopDownDataset) -> np.ndarray:
 def mean_pose_prior(dataset: TopDownDataset) -> np.ndarray:
     """(C, 2) mean position (input pixels) of each joint over the instances where it is labelled
     and inside the eval-mode crop (no augmentation, no image reads). NaN for a joint never seen."""
-    c = dataset.schema.num_keypoints
-    total, count = np.zeros((c, 2)), np.zeros(c)
-    in_h, in_w = dataset.input_size
-    for rec in dataset.records:
-        kp = affine_points(rec.keypoints[:, :2], crop_affine(rec.center, rec.scale, 0.0, dataset.input_size))
-        ok = (rec.keypoints[:, 2] > 0) & (kp[:, 0] >= 0) & (kp[:, 0] < in_w) & (kp[:, 1] >= 0) & (kp[:, 1] < in_h)
-        total[ok] += kp[ok]
-        count[ok] += 1
+    poses = crop_poses(dataset)  # (N, C, 2), NaN where unlabelled or outside
+    seen = np.isfinite(poses[..., 0]).sum(axis=0)  # (C,)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return total / count[:, None]
+        return np.nansum(poses, axis=0) / seen[:, None]
