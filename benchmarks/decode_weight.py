@@ -40,12 +40,11 @@ def main(argv=None) -> dict:
 
     from dataclasses import replace
 
-    from lofr.data.topdown import crop_poses, mean_pose_prior
+    from lofr.data.topdown import mean_pose_prior
     from lofr.engine.feature_cache import eval_crops
     from lofr.engine.models import load_model
     from lofr.engine.sampling import build_datasets
-    from lofr.engine.evaluation import evaluate
-    from lofr.eval.pose_prior import PosePrior
+    from lofr.engine.evaluation import evaluate, fit_pose_prior
 
     headers = ["checkpoint", "map", "arg-max", *[f"alpha {a:g}" for a in args.alphas], "best alpha - alpha 0"]
     rows, results = [], {}
@@ -53,7 +52,7 @@ def main(argv=None) -> dict:
         model, cfg = load_model(ck, "cpu")
         train_ds, val_ds = build_datasets(cfg)
         crops = eval_crops(cfg, model, train_ds, val_ds)
-        pose_model = PosePrior.fit(crop_poses(train_ds), train_ds.schema.edges, train_ds.input_size)
+        pose_model = fit_pose_prior(train_ds)
         prior = evaluate(model, crops, cfg.data.eval_batch_size, cfg.data.flip_test,
                          prior_pose=mean_pose_prior(train_ds)).prior
         name = " ".join(Path(ck).parts[-3:])

@@ -81,10 +81,10 @@ def point_metrics(report) -> dict:
 
 def run_curve(key: str, seed: int, steps: list[int], args, common: list[str], log=print) -> dict:
     """Train row ``key`` with ``seed`` to every step in ``steps`` that its point file lacks; -> the file's dict."""
-    from lofr.data.topdown import crop_poses, mean_pose_prior
+    from lofr.data.topdown import mean_pose_prior
     from lofr.engine.config import load_config
-    from lofr.eval.pose_prior import PosePrior
     from lofr.engine.feature_cache import eval_crops
+    from lofr.engine.evaluation import fit_pose_prior
     from lofr.engine.trainer import build_datasets, evaluate, load_model, train
 
     label, extra = ROWS[key]
@@ -111,7 +111,7 @@ def run_curve(key: str, seed: int, steps: list[int], args, common: list[str], lo
         model, cfg = load_model(res["last"], "cpu")
         if "eval" not in _EVAL:  # every row shares the eval crops (the cache), the prior and the pose model
             train_ds, val_ds = build_datasets(cfg)
-            pose_model = PosePrior.fit(crop_poses(train_ds), train_ds.schema.edges, train_ds.input_size)
+            pose_model = fit_pose_prior(train_ds)
             _EVAL["eval"] = (eval_crops(cfg, model, train_ds, val_ds), mean_pose_prior(train_ds), pose_model)
         crops, prior_pose, pose_model = _EVAL["eval"]
         t0 = time.perf_counter()

@@ -22,18 +22,23 @@ from lofr.eval.detections import detection_results
 from lofr.eval.report import EvalReport
 from lofr.models.lofr import decode_response_maps, normalise_cams
 
-__all__ = ["predict_records", "records_to_results", "evaluate", "evaluate_with_detections", "pose_prior_for"]
+__all__ = ["predict_records", "records_to_results", "evaluate", "evaluate_with_detections", "pose_prior_for",
+           "fit_pose_prior"]
 
 
-def pose_prior_for(cfg, train_ds: TopDownDataset):
-    """The pose model ``cfg.decode`` asks for: a ``PosePrior`` fitted on ``train_ds``'s locations (its
-    eval-mode crops, no image read) for ``decode="pose_prior"``, None for "argmax"."""
-    if cfg.decode != "pose_prior":
-        return None
+def fit_pose_prior(train_ds: TopDownDataset):
+    """A ``lofr.eval.pose_prior.PosePrior`` fitted on ``train_ds``'s locations (its eval-mode crops, no image
+    read) along the schema's kinematic edges."""
     from lofr.data.topdown import crop_poses
     from lofr.eval.pose_prior import PosePrior
 
     return PosePrior.fit(crop_poses(train_ds), train_ds.schema.edges, train_ds.input_size)
+
+
+def pose_prior_for(cfg, train_ds: TopDownDataset):
+    """The pose model ``cfg.decode`` asks for: :func:`fit_pose_prior` of ``train_ds`` for
+    ``decode="pose_prior"``, None for "argmax"."""
+    return fit_pose_prior(train_ds) if cfg.decode == "pose_prior" else None
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
