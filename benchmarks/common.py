@@ -129,7 +129,8 @@ QUICK = ["optim.epochs=1", "max_steps=2", "optim.batch_size=8", "optim.warmup_st
 METRICS = ("PCK@0.1", "PCK@0.2", "px err", "AP", "AR")  # what every table row records
 
 __all__ += ["QUICK", "METRICS", "training_parser", "base_overrides", "run_rows", "metrics_of", "mean_std",
-            "format_cell", "paired_gain", "train_seconds", "finish", "kept_dir", "write_json"]
+            "format_cell", "paired_gain", "train_seconds", "finish", "kept_dir", "write_json", "claim",
+            "claims_markdown", "regime_note"]
 
 
 def training_parser(doc: str, runs_name: str) -> argparse.ArgumentParser:
@@ -311,6 +312,50 @@ def paired_gain(row: dict, base: dict, metric: str) -> tuple[float, float]:
     """Mean and std over the seeds both rows have of (row - base) for ``metric``."""
     seeds = [s for s in row["per_seed"] if s in base["per_seed"]]
     return mean_std([row["per_seed"][s][metric] - base["per_seed"][s][metric] for s in seeds])
+
+
+def claim(text: str, diff: tuple[float, float], holds_if: str, threshold: float = 0.0, n: int = 0) -> dict:
+    """One of the paper's orderings checked on a table: ``diff`` = (mean, std over seeds) of a paired
+    difference, ``holds_if`` ">" (mean > threshold) or "<=" (mean <= threshold). ``n`` = how many seeds the
+    difference pairs. {"claim", "holds" (True / False; None when nothing was measured), "mean", "std",
+    "threshold", "seeds", "clear"}; "clear": the mean is more than two stds away from the threshold (False with
+    one seed: no spread to judge it by)."""
+    mean, std = diff
+    if math.isnan(mean):
+        return {"claim": text, "holds": None, "mean": mean, "std": std, "threshold": threshold, "seeds": n,
+                "clear": False}
+    holds = mean > threshold if holds_if == ">" else mean <= threshold
+    clear = not math.isnan(std) and abs(mean - threshold) > 2 * std
+    return {"claim": text, "holds": bool(holds), "mean": mean, "std": std, "threshold": threshold, "seeds": n,
+            "clear": bool(clear)}
+
+
+def claims_markdown(claims: list[dict], what: str = "Δ") -> str:
+    """A markdown list: "holds" / "does not hold" / "not measured" per claim, with its paired difference
+    (mean ± std over seeds) and whether it is clear of the seed spread."""
+    lines = []
+    for c in claims:
+        if c["holds"] is None:
+            lines.append(f"- **not measured**: {c['claim']}")
+            continue
+        verdict = "holds" if c["holds"] else "does not hold"
+        spread = ("clear of the seed spread (> 2 std)" if c["clear"] else
+                  "one seed: no spread" if c["seeds"] < 2 else "within 2 std of the seed spread")
+        lines.append(f"- **{verdict}**: {c['claim']} — {what} {format_cell(c['mean'], c['std'], sign=True)} "
+                     f"over {c['seeds']} seed{'s' if c['seeds'] != 1 else ''}; {spread}")
+    return "\n".join(lines)
+
+
+def regime_note(overrides: list[str]) -> str:
+    """One sentence saying which training regime a table's rows ran in (from the overrides of every row)."""
+    cheap = "arch.freeze_to=16" in overrides
+    said = " ".join(f"`{o}`" for o in overrides) or "none"
+    if cheap:
+        return ("Regime: the cheapest one — the whole backbone frozen and its maps at every stride the heads read "
+                "cached (`arch.freeze_to=16`), so a step runs only the heads. "
+                f"Overrides of every row: {said}.")
+    return ("Regime: the testbed as configured (the stem and blocks 0-2 frozen and cached, blocks 3-4 and the heads "
+            f"train). Overrides of every row: {said}.")
 
 
 def train_seconds(row: dict) -> str:

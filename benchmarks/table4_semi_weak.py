@@ -27,11 +27,13 @@ one table per metric, methods x fractions, as the paper's.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import begin, finish, format_cell, markdown_table, run_rows, training_parser  # noqa: E402
+from common import (begin, claim, claims_markdown, finish, format_cell, markdown_table, mean_std,  # noqa: E402
+                    regime_note, run_rows, training_parser)
 
 from lofr.semi import METHODS, sup_only_budget  # noqa: E402
 
@@ -66,20 +68,74 @@ def build_rows(fractions, config: str, common: list[str], sup_budget: str, metho
     return rows
 
 
-def format_table(rows: dict, fractions) -> str:
-    """One markdown table per metric: methods x fractions (100 % = "ALL")."""
-    heads = [f"{pct(f)} %" if f < 1 else "100 % (ALL)" for f in fractions]
+def format_table(rows: dict, fractions, free: dict | None = None) -> str:
+    """One markdown table per metric: methods x fractions (100 % = "ALL"); ``free`` (location_free_row):
+    a "0 %" column with the location-free recipe's row."""
+    heads = (["0 %"] if free else []) + [f"{pct(f)} %" if f < 1 else "100 % (ALL)" for f in fractions]
     parts = []
     for c in COLUMNS:
+        digits = 1 if c == "px err" else 3
         lines = []
         for method, (label, _) in METHODS.items():
-            cells = []
+            cells = [""] if free else []
             for f in fractions:
                 row = rows.get(f"{method}-{pct(f)}")
-                cells.append(format_cell(row["mean"][c], row["std"][c], 1 if c == "px err" else 3) if row else "")
+                cells.append(format_cell(row["mean"][c], row["std"][c], digits) if row else "")
             lines.append([label, *cells])
+        if free:
+            lines.append(["location-free (`synth-cpu-best`)", format_cell(free["mean"][c], free["std"][c], digits),
+                          *[""] * len(fractions)])
         parts.append(f"**{c}**\n\n" + markdown_table(["method", *heads], lines))
     return "\n\n".join(parts)
+
+
+def paired(a: dict | None, b: dict | None, metric: str = "PCK@0.1") -> tuple[tuple[float, float], int]:
+    """(mean, std) over the seeds both rows have of a - b, and how many seeds that is ((nan, nan), 0 when a
+    row is missing). The same seed draws the same labelled subset, so the pair shares its labels."""
+    if not a or not b:
+        return (float("nan"), float("nan")), 0
+    seeds = [s for s in a["per_seed"] if s in b["per_seed"]]
+    return mean_std([a["per_seed"][s][metric] - b["per_seed"][s][metric] for s in seeds]), len(seeds)
+
+
+def orderings(rows: dict, fractions) -> list[dict]:
+    """The paper's Table-4 claims checked on these rows (PCK@0.1, paired by seed), in order:
+
+    * LOFR-WS > Sup-only at every fraction below 100 %;
+    * LOFR-WS at 25 % within 0.02 of Sup-only at 100 % (Sup-only 100 % - LOFR-WS 25 % <= 0.02);
+    * the testbed resolves label fractions: Sup-only at 100 % above Sup-only at the smallest fraction by more
+      than twice the larger of their seed stds (``common.claim``'s threshold = that bound).
+    Claims whose rows are missing come back with ``holds`` None."""
+    out = []
+    for f in fractions:
+        if f < 1:
+            d, n = paired(rows.get(f"lofr-{pct(f)}"), rows.get(f"sup-{pct(f)}"))
+            out.append(claim(f"LOFR-WS > Sup-only at {pct(f)} % (PCK@0.1)", d, ">", 0.0, n))
+    d, n = paired(rows.get("sup-100"), rows.get("lofr-25"))
+    out.append(claim("LOFR-WS at 25 % within 0.02 PCK@0.1 of Sup-only at 100 % (Sup-only 100 % - LOFR-WS 25 %)",
+                     d, "<=", 0.02, n))
+    low = min(fractions)
+    a, b = rows.get("sup-100"), rows.get(f"sup-{pct(low)}")
+    if a and b and low < 1:
+        bound = 2 * max(a["std"]["PCK@0.1"], b["std"]["PCK@0.1"])
+        d, n = paired(a, b)
+        out.append(claim(f"the testbed resolves label fractions: Sup-only 100 % - Sup-only {pct(low)} % (PCK@0.1) "
+                         f"> twice the larger seed std ({bound:.3f})", d, ">", bound, n))
+    return out
+
+
+def location_free_row(results_dir) -> dict | None:
+    """The location-free recipe (``synth-cpu-best``) as the 0 % column, from ``best_recipe.json`` (its
+    "default" row) when that file is there: measured by ``benchmarks/best_recipe.py``, not trained here."""
+    path = Path(results_dir) / "best_recipe.json"
+    if not path.is_file():
+        return None
+    res = json.loads(path.read_text())
+    row = res.get("rows", {}).get("default")
+    if not row:
+        return None
+    return {"mean": row["mean"], "std": row["std"], "seeds": sorted(row["per_seed"]), "config": res.get("config"),
+            "command": res.get("command")}
 
 
 NOTES = """\
@@ -105,9 +161,17 @@ def main(argv=None) -> dict:
     budget_note = ("Sup-only budget: as many optimiser steps as LOFR-WS (its epochs scaled by 1/f)."
                    if args.sup_budget == "steps" else "Sup-only budget: the config's epochs over its labelled "
                                                       "instances (fewer steps than LOFR-WS).")
+    free = None if args.quick else location_free_row(args.results_dir)
+    free_note = (f"0 % = the location-free recipe, `lofr train --config {free['config']}` (no location term; seeds "
+                 f"{', '.join(free['seeds'])}), read from best_recipe.json, not trained here: its own regime (whole "
+                 "backbone frozen, 1224 steps at a constant lr)." if free else "")
+    claims = orderings(rows, args.fractions)
+    table = format_table(rows, args.fractions, free) + "\n\n**The paper's orderings on these rows**\n\n" + \
+        claims_markdown(claims)
     return finish("table4_semi_weak", "Table 4 on SynthPose: few location labels", "benchmarks/table4_semi_weak.py",
-                  argv, args, t_start, format_table(rows, args.fractions), NOTES + "\n" + budget_note,
-                  overrides=common, fractions=list(args.fractions), sup_budget=args.sup_budget, rows=rows)
+                  argv, args, t_start, table, "\n".join([NOTES, budget_note, free_note, regime_note(common)]),
+                  overrides=common, fractions=list(args.fractions), sup_budget=args.sup_budget, rows=rows,
+                  orderings=claims, location_free=free)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (begin, finish, format_cell, markdown_table, run_rows, train_seconds,  # noqa: E402
-                    training_parser)
+from common import (begin, claim, claims_markdown, finish, format_cell, markdown_table, mean_std,  # noqa: E402
+                    regime_note, run_rows, train_seconds, training_parser)
 
 from lofr.ablations import CPU_GRID, FULL_GRID, grid_rows  # noqa: E402  (the rows)
 
@@ -38,6 +38,43 @@ def format_table(rows: dict) -> str:
         lines.append([a, b, *[format_cell(row["mean"][c], row["std"][c], 1 if c == "px err" else 3) for c in COLUMNS],
                       train_seconds(row), f"{sum(rate) / len(rate):.0f}" if rate else ""])
     return markdown_table(headers, lines)
+
+
+def depths(key: str) -> tuple[int, int]:
+    """"en<a>-de<b>" -> (a, b)."""
+    a, b = key[2:].split("-de")
+    return int(a), int(b)
+
+
+def orderings(rows: dict, metric: str = "PCK@0.1") -> list[dict]:
+    """The paper's Table-6 claim, "accuracy grows with depth, then saturates", as two checks on these rows
+    (``metric``, paired by seed):
+
+    * grows: the best row (highest mean) above the shallowest row (smallest D_En + D_De) by more than twice the
+      seed std of their difference (``claim``'s "clear");
+    * saturates: the deepest row not above the best shallower row (deepest - best other <= 0).
+    Both None when fewer than two rows ran."""
+    if len(rows) < 2:
+        nan = (float("nan"), float("nan"))
+        return [claim("accuracy grows with depth", nan, ">"), claim("and then saturates", nan, "<=")]
+
+    def diff(a: str, b: str):
+        seeds = [s for s in rows[a]["per_seed"] if s in rows[b]["per_seed"]]
+        return mean_std([rows[a]["per_seed"][s][metric] - rows[b]["per_seed"][s][metric] for s in seeds]), len(seeds)
+
+    shallow = min(rows, key=lambda k: (sum(depths(k)), depths(k)))
+    deep = max(rows, key=lambda k: (sum(depths(k)), depths(k)))
+    best = max(rows, key=lambda k: rows[k]["mean"][metric])
+    best_other = max((k for k in rows if k != deep), key=lambda k: rows[k]["mean"][metric])
+    name = "D_En {}, D_De {}".format
+    d, n = diff(best, shallow)
+    grow = claim(f"accuracy grows with depth: best row ({name(*depths(best))}) - shallowest "
+                 f"({name(*depths(shallow))}), {metric}", d, ">", 0.0, n)
+    grow["holds"] = grow["holds"] and grow["clear"]  # "grows" only when clear of the seed spread
+    d, n = diff(deep, best_other)
+    sat = claim(f"and then saturates: deepest row ({name(*depths(deep))}) - best shallower "
+                f"({name(*depths(best_other))}), {metric}", d, "<=", 0.0, n)
+    return [grow, sat]
 
 
 NOTES = """\
@@ -56,9 +93,12 @@ def main(argv=None) -> dict:
     enc, dec = args.enc or enc, args.dec or dec
     t_start, common = begin(args)
     rows = run_rows(grid_rows(enc, dec), args, common)
+    claims = orderings(rows)
+    table = format_table(rows) + "\n\n**The paper's ordering on these rows: grows with depth, then saturates**\n\n" + \
+        claims_markdown(claims)
     return finish("table6_depths", "Table 6 on SynthPose: encoder / decoder depths", "benchmarks/table6_depths.py",
-                  argv, args, t_start, format_table(rows), NOTES, overrides=common, grid={"enc": list(enc),
-                                                                                          "dec": list(dec)}, rows=rows)
+                  argv, args, t_start, table, NOTES + "\n" + regime_note(common), overrides=common,
+                  grid={"enc": list(enc), "dec": list(dec)}, rows=rows, orderings=claims)
 
 
 if __name__ == "__main__":

@@ -228,3 +228,71 @@ def test_tables_skip_finished_runs_and_resume_unfinished_ones(tiny_root, tmp_pat
     t5.main(quick_args(tiny_root, tmp_path, "--rows", "baseline", "--fresh"))
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [2] and "kept from" not in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------- the paper's orderings
+def hand_row(*pck01: float) -> dict:
+    """A table row with PCK@0.1 = pck01[k] for seed k (mean / std as run_rows computes them)."""
+    common = load_benchmark("common")
+    m, s = common.mean_std(pck01)
+    return {"per_seed": {k: {"PCK@0.1": v} for k, v in enumerate(pck01)}, "mean": {"PCK@0.1": m},
+            "std": {"PCK@0.1": s}}
+
+
+def test_claim_and_its_markdown():
+    common = load_benchmark("common")
+    c = common.claim("a > b", (0.05, 0.01), ">", 0.0, 3)
+    assert c["holds"] and c["clear"]  # 0.05 > 2 x 0.01 away from 0
+    c2 = common.claim("a > b", (0.01, 0.01), ">", 0.0, 3)
+    assert c2["holds"] and not c2["clear"]
+    c3 = common.claim("a - b <= 0.02", (0.03, math.nan), "<=", 0.02, 1)
+    assert c3["holds"] is False and not c3["clear"]  # one seed: no spread
+    c4 = common.claim("missing", (math.nan, math.nan), ">")
+    assert c4["holds"] is None
+    md = common.claims_markdown([c, c2, c3, c4]).splitlines()
+    assert md[0] == "- **holds**: a > b — Δ +0.050 ± 0.010 over 3 seeds; clear of the seed spread (> 2 std)"
+    assert md[1].endswith("within 2 std of the seed spread")
+    assert md[2] == "- **does not hold**: a - b <= 0.02 — Δ +0.030 over 1 seed; one seed: no spread"
+    assert md[3] == "- **not measured**: missing"
+
+
+def test_table4_orderings_by_hand():
+    t4 = load_benchmark("table4_semi_weak")
+    rows = {"sup-5": hand_row(0.60, 0.61, 0.62), "lofr-5": hand_row(0.50, 0.52, 0.51),
+            "sup-25": hand_row(0.65, 0.66, 0.64), "lofr-25": hand_row(0.705, 0.715, 0.725),
+            "sup-100": hand_row(0.72, 0.73, 0.74)}
+    c = t4.orderings(rows, [0.05, 0.25, 1.0])
+    assert [x["holds"] for x in c] == [False, True, True, True]
+    assert c[0]["mean"] == pytest.approx(-0.10)  # LOFR-WS 5 % - Sup-only 5 %, paired by seed
+    assert c[1]["mean"] == pytest.approx(0.065)
+    assert c[2]["mean"] == pytest.approx(0.015) and c[2]["threshold"] == 0.02  # Sup-only 100 % - LOFR-WS 25 %
+    # resolution: Sup-only 100 % - 5 % = 0.12 against 2 x max(std) = 2 x 0.01
+    assert c[3]["threshold"] == pytest.approx(0.02) and c[3]["mean"] == pytest.approx(0.12) and c[3]["clear"]
+    # a missing LOFR row: that claim is not measured, the others are
+    c = t4.orderings({k: v for k, v in rows.items() if k != "lofr-5"}, [0.05, 0.25, 1.0])
+    assert c[0]["holds"] is None and c[1]["holds"]
+
+
+def test_table5_orderings_by_hand():
+    t5 = load_benchmark("table5_modules")
+    rows = {"baseline": hand_row(0.20, 0.22), "+SPE": hand_row(0.25, 0.27), "+PDC": hand_row(0.19, 0.20)}
+    c = {x["claim"].split(" >")[0]: x for x in t5.orderings(rows)}
+    assert c["+SPE"]["holds"] and c["+SPE"]["mean"] == pytest.approx(0.05)
+    assert c["+PDC"]["holds"] is False and c["+PDC"]["mean"] == pytest.approx(-0.015)
+    assert c["+MS"]["holds"] is None and c["all (LOFR, paper)"]["holds"] is None  # not run
+
+
+def test_table6_orderings_by_hand():
+    t6 = load_benchmark("table6_depths")
+    # grows from (1, 1) to (1, 2) clearly, and the deepest (2, 3) is no better than (1, 2): saturates
+    rows = {"en1-de1": hand_row(0.10, 0.11, 0.12), "en1-de2": hand_row(0.20, 0.22, 0.21),
+            "en2-de3": hand_row(0.19, 0.21, 0.20)}
+    grow, sat = t6.orderings(rows)
+    assert grow["holds"] and grow["mean"] == pytest.approx(0.10) and "D_En 1, D_De 2" in grow["claim"]
+    assert sat["holds"] and sat["mean"] == pytest.approx(-0.01) and "D_En 2, D_De 3" in sat["claim"]
+    # no growth beyond the seed spread: "grows" does not hold
+    flat = {"en1-de1": hand_row(0.10, 0.20), "en1-de2": hand_row(0.16, 0.15)}
+    grow, sat = t6.orderings(flat)
+    assert grow["holds"] is False and not grow["clear"]
+    assert sat["holds"] is False  # the deepest is the best
+    assert [c["holds"] for c in t6.orderings({"en1-de1": hand_row(0.1)})] == [None, None]
