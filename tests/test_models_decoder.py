@@ -264,3 +264,49 @@ def test_key_bias_without_spe_is_refused_not_ignored():
     base = LOFRConfig.cpu_small(dec_key_bias=True).as_baseline()
     assert not base.dec_key_bias
     base.check()
+
+
+def test_location_prior_bias_hand_computed():
+    """location_prior_bias = -1/2 sum_axes ((p - mu) / sigma)^2 at every token's cell centre, scales in order."""
+    from lofr.models.lofr import location_prior_bias
+
+    mean, std = torch.tensor([[4.0, 4.0], [8.0, 16.0]]), torch.tensor([[8.0, 8.0], [8.0, 4.0]])
+    # stride 8, 2x2: centres (x, y) = (4, 4), (12, 4), (4, 12), (12, 12); stride 16, 1x1: (8, 8)
+    b = location_prior_bias(mean, std, [(2, 2), (1, 1)], [8, 16])
+    assert b.shape == (2, 5)
+    assert torch.allclose(b[0], torch.tensor([0.0, -0.5, -0.5, -1.0, -0.5 * (0.25 + 0.25)]))
+    # joint 1 at (8, 16), std (8, 4): (4, 4) -> -1/2 (0.25 + 9); (12, 12) -> -1/2 (0.25 + 1); (8, 8) -> -1/2 (0 + 4)
+    assert torch.allclose(b[1], torch.tensor([-0.5 * 9.25, -0.5 * 9.25, -0.5 * 1.25, -0.5 * 1.25, -2.0]))
+
+
+def test_lofr_prior_bias_starts_each_query_at_its_mean_position():
+    """dec_prior_bias: the training poses' Gaussians on the cross-attention logits. With gamma large every
+    joint's response peaks on the cell nearest its mean; set_location_prior keeps unseen joints at the default
+    and floors the spread; the buffers travel in the state dict; the baseline view drops the switch."""
+    from lofr.models.lofr import LOFR, LOFRConfig
+
+    torch.manual_seed(0)
+    cfg = LOFRConfig.cpu_small(dec_prior_bias=True)
+    model = LOFR(17, cfg).eval()
+    assert LOFR(17, LOFRConfig.cpu_small()).prior_bias_scale is None
+    assert torch.equal(model.prior_mean[0], torch.tensor([24.0, 32.0]))  # 64x48 crop: (W/2, H/2)
+    mean = torch.stack([torch.arange(17) * 2.0 + 4.0, torch.arange(17) * 3.0 + 2.0], -1)  # (17, 2), inside 48x64
+    mean[5] = float("nan")  # never seen
+    std = torch.full((17, 2), 6.0)
+    std[3] = 1.0
+    model.set_location_prior(mean, std)
+    assert torch.equal(model.prior_mean[5], torch.tensor([24.0, 32.0])) and model.prior_std[3, 0] == 4.0
+    with torch.no_grad():
+        model.prior_bias_scale.fill_(200.0)
+        out = model(torch.randn(2, 3, 64, 48))
+    resp = out["response_maps"][0]  # (B, C, 16, 12): stride 4
+    flat = rearrange(resp, "b c h w -> b c (h w)").argmax(-1)  # (B, C)
+    centre = torch.stack([(flat % 12 + 0.5) * 4, (flat // 12 + 0.5) * 4], -1)  # (B, C, 2)
+    assert ((centre - model.prior_mean).abs() <= 2.0).all()  # the cell holding the mean
+    state = model.state_dict()
+    again = LOFR(17, cfg)
+    again.load_state_dict(state)
+    assert torch.equal(again.prior_mean, model.prior_mean) and torch.equal(again.prior_std, model.prior_std)
+    assert not cfg.as_baseline().dec_prior_bias
+    with pytest.raises(ValueError, match="without dec_prior_bias"):
+        LOFR(17, LOFRConfig.cpu_small()).set_location_prior(mean, std)

@@ -381,6 +381,21 @@ def test_mean_pose_prior_hand_case(tiny_coco):
     assert np.allclose(prior[0], np.mean(noses, axis=0), atol=1e-3)
 
 
+def test_location_prior_hand_case(tiny_coco):
+    """location_prior: the mean and sample std (ddof 1) of each joint's crop position; NaN below two sightings."""
+    from lofr.data.topdown import crop_poses, location_prior
+
+    d = ds(tiny_coco, input_size=(256, 192))
+    mean, std = location_prior(d)
+    assert np.allclose(mean[0], mean_pose_prior(d)[0])
+    noses = np.array([d.get(i)["keypoints"][0].numpy() for i in range(3)])  # the three instances' noses
+    assert np.allclose(std[0], noses.std(axis=0, ddof=1), atol=1e-3)
+    # the left ankle is seen twice at the same place: std 0 (set_location_prior floors it)
+    assert np.allclose(std[LA], 0.0, atol=1e-4)
+    seen = np.isfinite(crop_poses(d)[..., 0]).sum(axis=0)
+    assert np.isnan(mean[seen < 2]).all() and np.isfinite(mean[seen >= 2]).all()
+
+
 def test_person_mask_is_warped_segmentation(tiny_coco):
     d = ds(tiny_coco, with_person_mask=True)
     s = d.get(by_ann(d, 10))  # polygon = the box (60..100) x (12..104), crop region 86.25 wide

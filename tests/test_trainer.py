@@ -454,6 +454,21 @@ def test_decode_pose_prior_is_what_the_trainer_and_eval_score(tiny_synth, tmp_pa
         tiny_cfg(tiny_synth, "decode=viterbi")
 
 
+def test_prior_bias_is_fitted_on_the_training_locations(tiny_synth, tmp_path):
+    """arch.dec_prior_bias: the trainer sets the model's Gaussians from location_prior(train), and the
+    checkpoint carries them (load_model gives them back without the dataset)."""
+    from lofr.data.topdown import location_prior
+
+    cfg = tiny_cfg(tiny_synth, "arch.dec_prior_bias=true", "max_steps=1", "eval_every=0")
+    result = train(cfg, tmp_path / "pb", progress=False)
+    model, _ = load_model(result["last"])
+    mean, std = location_prior(build_datasets(cfg, val=False)[0])
+    seen = np.isfinite(mean).all(-1)
+    assert seen.sum() >= 10
+    assert np.allclose(model.prior_mean.numpy()[seen], mean[seen], atol=1e-4)
+    assert np.allclose(model.prior_std.numpy()[seen], np.maximum(std[seen], 4.0), atol=1e-4)
+
+
 def test_best_checkpoint_breaks_ap_ties_on_pck():
     """A CPU run's AP is often 0 at every evaluation: best.pt must then follow PCK@0.2 (then PCK@0.1),
     not stay the first epoch's model."""

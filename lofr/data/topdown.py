@@ -51,7 +51,7 @@ from .transforms import (
     half_body_center_scale, normalize_image, warp_image,
 )
 
-__all__ = ["AugConfig", "CropParams", "TopDownDataset", "load_rgb", "mean_pose_prior", "crop_poses", "collate", "FILLS"]
+__all__ = ["AugConfig", "CropParams", "TopDownDataset", "load_rgb", "mean_pose_prior", "location_prior", "crop_poses", "collate", "FILLS"]
 
 log = logging.getLogger("lofr.data")
 
@@ -501,6 +501,19 @@ def crop_poses(dataset: TopDownDataset) -> np.ndarray:
         ok = (rec.keypoints[:, 2] > 0) & (kp[:, 0] >= 0) & (kp[:, 0] < in_w) & (kp[:, 1] >= 0) & (kp[:, 1] < in_h)
         out[i, ok] = kp[ok]
     return out
+
+
+def location_prior(dataset: TopDownDataset) -> tuple[np.ndarray, np.ndarray]:
+    """((C, 2) mean, (C, 2) std) of each joint's position (x, y; input pixels) over the instances where it
+    is labelled and inside the eval-mode crop (:func:`crop_poses`: no image reads); NaN for a joint seen
+    fewer than twice. What ``LOFR.set_location_prior`` (``arch.dec_prior_bias``) is fitted on."""
+    poses = crop_poses(dataset)  # (N, C, 2)
+    seen = np.isfinite(poses[..., 0]).sum(axis=0)  # (C,)
+    mean, std = np.full(poses.shape[1:], np.nan), np.full(poses.shape[1:], np.nan)
+    ok = seen >= 2
+    mean[ok] = np.nanmean(poses[:, ok], axis=0)
+    std[ok] = np.nanstd(poses[:, ok], axis=0, ddof=1)
+    return mean, std
 
 
 def mean_pose_prior(dataset: TopDownDataset) -> np.ndarray:

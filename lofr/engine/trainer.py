@@ -57,7 +57,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lofr.config_utils import ConfigError
-from lofr.data.topdown import collate, mean_pose_prior
+from lofr.data.topdown import collate, location_prior, mean_pose_prior
 from lofr.engine.checkpoint import save_checkpoint
 from lofr.engine.config import TrainConfig, config_dict
 # what is imported here and not used is re-exported (see the module docstring)
@@ -257,6 +257,8 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
         raise ConfigError(f"optim.batch_size {o.batch_size} is larger than the {len(batches.indices)} training "
                           f"instances: not a single step per epoch")
     model = build_model(cfg, train_ds.schema.num_keypoints).to(device)
+    if getattr(model, "prior_bias_scale", None) is not None:  # arch.dec_prior_bias: the training poses' spread
+        model.set_location_prior(*location_prior(train_ds))  # (a resumed run reloads the same buffers)
     samples, eval_ds = SeededSamples(train_ds, cfg.seed), val_ds
     if cfg.data.cache_views:  # the heads train on a frozen backbone's cached maps (lofr.engine.feature_cache)
         from lofr.engine.feature_cache import training_cache

@@ -60,9 +60,25 @@ from lofr.models.position import LearnedPositionEncoding, SinePositionEncoding
 from lofr.models.reppg import RePPG
 from lofr.models.spe import SPE, keypoint_location_maps
 
-__all__ = ["LOFRConfig", "LOFR", "Baseline", "PlainCAM", "decode_response_maps", "normalise_cams"]
+__all__ = ["LOFRConfig", "LOFR", "Baseline", "PlainCAM", "decode_response_maps", "normalise_cams",
+           "location_prior_bias"]
 
 _SCHEMA_BY_C = {17: "coco", 16: "mpii", 14: "crowdpose"}
+
+
+def location_prior_bias(mean: torch.Tensor, std: torch.Tensor, shapes, strides) -> torch.Tensor:
+    """log N(p; mu_c, diag sigma_c^2) up to its constant, -1/2 sum_axes ((p - mu_c) / sigma_c)^2, for every
+    keypoint c and every memory token p: (C, L), the scales concatenated in ``shapes`` order as the
+    decoder's memory (a token's p = its cell centre ((j + 1/2) s, (i + 1/2) s) in input pixels).
+    mean / std (C, 2) (x, y) in input pixels. ``LOFRConfig.dec_prior_bias``: not in the paper."""
+    centres = []
+    for (h, w), s in zip(shapes, strides):
+        ys, xs = torch.meshgrid((torch.arange(h, device=mean.device) + 0.5) * s,
+                                (torch.arange(w, device=mean.device) + 0.5) * s, indexing="ij")
+        centres.append(rearrange(torch.stack([xs, ys], -1), "h w two -> (h w) two"))  # (h*w, 2)
+    p = torch.cat(centres).to(mean.dtype)  # (L, 2)
+    z = (p[None] - mean[:, None]) / std[:, None]  # (C, L, 2)
+    return -0.5 * z.pow(2).sum(-1)  # (C, L)
 
 
 @dataclass
@@ -86,6 +102,15 @@ class LOFRConfig:
     response maps then start at the CAM peaks and the decoder refines them, instead of having to find
     the joints again from a flat start; ``dec_logits`` ("query" = the paper, "part" = presence from
     the attention-pooled values) is documented in decoder.py, ``cam_pool`` in cam.py.
+
+    ``dec_prior_bias`` (not in the paper; off = the paper): add gamma * log N(p; mu_c, diag sigma_c^2) (up to
+    its constant) to keypoint c's cross-attention logit at every memory token p (its cell centre in input
+    pixels), in every decoder layer; gamma learned, starting at 1. mu_c / sigma_c are the mean and per-axis std
+    of joint c's position in the training crops (buffers, fitted by the trainer with
+    :meth:`LOFR.set_location_prior` from the training locations *without their images* — the information
+    the mean-pose prior uses; :func:`location_prior_bias`). The maps start at the mean pose, and the weak
+    losses can only move them where the image says so: "does the image-level signal add to the prior?"
+    asked inside the model.
 
     ``ms_strides`` (the paper: 4, 8, 16): the backbone maps the multi-scale encoder reads. On a CPU
     at 128x96 the stride-4 self-attention (768 tokens) costs 5x everything else; ``synth-cpu`` reads
@@ -125,6 +150,7 @@ class LOFRConfig:
     dec_value: Literal["memory", "local"] = "memory"  # what the decoder's cross-attention reads
     cam_stride: int = 16  # the backbone map the CAM head reads (4, 8 or 16)
     dec_key_bias: bool = False  # add gamma * log(F^key_c + eps) to query c's cross-attention logits
+    dec_prior_bias: bool = False  # add gamma * log N(p; mu_c, sigma_c) (the training poses' spread) to them
     dec_logits: Literal["query", "part"] = "query"  # what the decoder's classifier reads (decoder.py)
     cam_pool: Literal["gap", "lse", "lmp", "peak"] = "gap"  # the CAM head's pooling (the paper: GAP; see cam.py)
     cam_lse_r: float = 5.0  # its sharpness with cam_pool="lse"
@@ -162,7 +188,7 @@ class LOFRConfig:
         ``dec_value`` the LOFR config chose)."""
         loss = replace(self.loss, cls_cnn=0.0, cls_enc=0.0, div=0.0)
         return replace(self, cam_head=False, enc_head=False, use_spe=False, multi_scale=False, use_reppg=False,
-                       use_pdc=False, dec_value="memory", dec_key_bias=False, loss=loss)
+                       use_pdc=False, dec_value="memory", dec_key_bias=False, dec_prior_bias=False, loss=loss)
 
     def loss_weights(self) -> LossWeights:
         """``loss`` with the terms of switched-off modules zeroed (no CNN logits without the CAM
@@ -341,6 +367,12 @@ class LOFR(nn.Module):
         self.reppg = RePPG(self.schema, d, cfg.reppg_layers) if cfg.use_reppg else None
         self.query_embed = nn.Parameter(torch.randn(c, d) * 0.02)  # DETR's query_pos
         self.key_bias_scale = nn.Parameter(torch.ones(())) if cfg.dec_key_bias else None
+        self.prior_bias_scale = None
+        if cfg.dec_prior_bias:  # until set_location_prior: every joint at the crop centre, spread a quarter crop
+            h, w = cfg.input_size
+            self.prior_bias_scale = nn.Parameter(torch.ones(()))
+            self.register_buffer("prior_mean", torch.tensor([[w / 2, h / 2]]).repeat(c, 1))  # (C, 2) (x, y)
+            self.register_buffer("prior_std", torch.tensor([[w / 4, h / 4]]).repeat(c, 1))  # (C, 2)
         self.decoder = PoseDecoder(d, cfg.nhead, cfg.dec_layers, cfg.dim_ff, cfg.dropout,
                                    self_attn=cfg.dec_self_attn, num_keypoints=c, logits_from=cfg.dec_logits)
 
@@ -384,6 +416,9 @@ class LOFR(nn.Module):
         if self.key_bias_scale is not None:  # the CAM location prior on every keypoint's cross-attention
             kb = torch.cat([rearrange(m, "b c h w -> b c (h w)") for m in key_maps], dim=-1)  # (B, C, L)
             attn_bias = self.key_bias_scale * torch.log(kb + 1e-3)  # (B, C, L)
+        if self.prior_bias_scale is not None:  # the training poses' spread on every keypoint's cross-attention
+            pb = self.prior_bias_scale * location_prior_bias(self.prior_mean, self.prior_std, shapes, self.strides)
+            attn_bias = pb[None].expand(b, -1, -1) if attn_bias is None else attn_bias + pb  # (B, C, L)
         dec = self.decoder(prototypes, memory, enc["pos"], shapes, query_pos, value, attn_bias)
 
         fused = dec["response_fused"]  # (B, C, H/4, W/4)
@@ -406,6 +441,18 @@ class LOFR(nn.Module):
             "shapes": shapes,
             "strides": list(self.strides),
         }
+
+    @torch.no_grad()
+    def set_location_prior(self, mean, std, min_std: float = 4.0) -> None:
+        """Set ``dec_prior_bias``'s Gaussians: mean / std (C, 2) (x, y) of each joint's position in input
+        pixels, e.g. from ``lofr.data.topdown.location_prior`` of the training set. A joint never seen (NaN)
+        keeps the crop centre and a quarter crop; stds are floored at ``min_std`` pixels."""
+        if self.prior_bias_scale is None:
+            raise ValueError("set_location_prior: this model was built without dec_prior_bias")
+        mean, std = (torch.as_tensor(x, dtype=torch.float32).reshape(self.num_keypoints, 2) for x in (mean, std))
+        seen = torch.isfinite(mean).all(-1) & torch.isfinite(std).all(-1)  # (C,)
+        self.prior_mean[seen] = mean[seen].to(self.prior_mean)
+        self.prior_std[seen] = std[seen].clamp_min(min_std).to(self.prior_std)
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, refine: bool = True) -> dict:
