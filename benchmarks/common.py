@@ -152,6 +152,8 @@ def training_parser(doc: str, runs_name: str) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smoke run: 2 steps per row, tiny batches")
     p.add_argument("--fresh", action="store_true", help="retrain every run: ignore the kept results of finished runs "
                                                          "and the last.pt of unfinished ones")
+    p.add_argument("--table-only", action="store_true",
+                   help="train nothing: the table from the kept runs (results/runs/<table>/), the others left out")
     p.add_argument("--results-name", default=None,
                    help="results file stem (default: the script's, e.g. table4_semi_weak; another dataset: another name)")
     return p
@@ -256,6 +258,9 @@ def run_rows(rows: dict, args, common: list[str], per_model=None, log=print) -> 
                     log(f"{label} (seed {seed}): kept from {kept_file.name}", flush=True)
                     continue
                 log(f"{label} (seed {seed}): {kept_file.name} was run with other overrides; training again", flush=True)
+            if getattr(args, "table_only", False) and not args.checkpoint_dir:
+                log(f"{label} (seed {seed}): not run yet, left out (--table-only)", flush=True)
+                continue
             cfg = load_config(args.config, overrides)
             timing = {}
             if args.checkpoint_dir:
@@ -301,6 +306,8 @@ def run_rows(rows: dict, args, common: list[str], per_model=None, log=print) -> 
             m = row["per_seed"][seed]
             log(f"{label} (seed {seed}): PCK@0.1 {m['PCK@0.1']:.3f}  PCK@0.2 {m['PCK@0.2']:.3f}  "
                 f"px err {m['px err']:.1f}  AP {m['AP']:.3f}  {timing}", flush=True)
+        if not row["per_seed"]:  # --table-only / --checkpoint-dir and no seed of this row: not in the table
+            continue
         stats = {k: mean_std([m[k] for m in row["per_seed"].values()]) for k in METRICS}
         row["mean"] = {k: v[0] for k, v in stats.items()}
         row["std"] = {k: v[1] for k, v in stats.items()}
@@ -374,6 +381,13 @@ def finish(name: str, title: str, script: str, argv, args, t_start: float, table
     seed_note = (f"One training seed ({seeds[0]}): no spread is shown; `--seeds 0 1 2` gives mean ± std "
                  "(sample std over seeds)." if len(seeds) == 1 else
                  f"Seeds {seeds}: every cell is the mean ± sample std over them.") if trained else ""
+    rows = extra.get("rows")
+    if trained and isinstance(rows, dict):  # a partial table (--table-only, or a run stopped) says what it lacks
+        short = {k: sorted(int(x) for x in r["per_seed"]) for k, r in rows.items()
+                 if {int(x) for x in r["per_seed"]} != set(seeds)}
+        if short or getattr(args, "table_only", False):
+            state = "; ".join(f"{k}: seeds {v}" for k, v in short.items()) or "every row has every seed"
+            seed_note += f" **State: partial** (built from the kept runs) — {state}."
     device = "cuda" if torch.cuda.is_available() else "cpu"  # the GPU's name too, where there is one
     out = {"command": command_line(script, argv), "commit": git_commit(), "machine": machine_info(device),
            "wall_s": round(time.perf_counter() - t_start, 1), "config": args.config, "seeds": seeds,

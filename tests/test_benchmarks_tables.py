@@ -296,3 +296,16 @@ def test_table6_orderings_by_hand():
     assert grow["holds"] is False and not grow["clear"]
     assert sat["holds"] is False  # the deepest is the best
     assert [c["holds"] for c in t6.orderings({"en1-de1": hand_row(0.1)})] == [None, None]
+
+
+def test_table_only_builds_a_partial_table_from_the_kept_runs(tiny_root, tmp_path, capsys):
+    """--table-only trains nothing: rows / seeds without a kept run are left out and the md says which."""
+    t5 = load_benchmark("table5_modules")
+    t5.main(quick_args(tiny_root, tmp_path, "--rows", "baseline"))
+    out = t5.main(quick_args(tiny_root, tmp_path, "--rows", "baseline", "+PDC", "--seeds", "0", "1", "--table-only"))
+    printed = capsys.readouterr().out
+    assert "kept from baseline-seed0.json" in printed and "+PDC (seed 0): not run yet, left out" in printed
+    assert list(out["rows"]) == ["baseline"] and list(out["rows"]["baseline"]["per_seed"]) == [0]
+    assert not (tmp_path / "runs" / "+PDC").exists()  # nothing trained
+    md = (tmp_path / "results" / "table5_modules.md").read_text()
+    assert "**State: partial**" in md and "baseline: seeds [0]" in md
