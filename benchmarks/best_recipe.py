@@ -6,6 +6,9 @@ Rows (``--rows``), each ``lofr train --config synth-cpu-best`` with the row's ov
     strict    the strict, location-free label rule: ``data.labels=annotation`` (labels no augmentation recomputes
               from locations; it refuses half-body augmentation, so ``data.aug.half_body_prob=0``)
     cosine    a cosine decay of the lr to 0 instead of the constant lr
+    prior     + the training poses' Gaussians on the decoder's cross-attention (``arch.dec_prior_bias``: fitted on
+              the training locations without their images, the information the mean-pose prior uses)
+    prior-cosine  prior with the cosine decay
 
 Each cell is the project's evaluation (SynthPose val or ``--data-root``'s val, cached eval crops, flip test);
 the table adds the mean-pose prior on the same crops, the gap to it, and the share of the supervised gain
@@ -36,6 +39,9 @@ ROWS = {
     "strict": ("synth-cpu-best, strict labels (data.labels=annotation)", ["data.labels=annotation",
                                                                           "data.aug.half_body_prob=0"]),
     "cosine": ("synth-cpu-best, cosine lr decay", ["optim.schedule=cosine"]),
+    "prior": ("synth-cpu-best + pose-prior attention (arch.dec_prior_bias)", ["arch.dec_prior_bias=true"]),
+    "prior-cosine": ("synth-cpu-best + pose-prior attention, cosine lr decay", ["arch.dec_prior_bias=true",
+                                                                               "optim.schedule=cosine"]),
 }
 
 

@@ -153,7 +153,7 @@ def training_parser(doc: str, runs_name: str) -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="retrain every run: ignore the kept results of finished runs "
                                                          "and the last.pt of unfinished ones")
     p.add_argument("--table-only", action="store_true",
-                   help="train nothing: the table from the kept runs (results/runs/<table>/), the others left out")
+                   help="train nothing: the table from what was kept (finished runs in results/runs/<table>/, a curve's point files); the rest left out")
     p.add_argument("--results-name", default=None,
                    help="results file stem (default: the script's, e.g. table4_semi_weak; another dataset: another name)")
     return p

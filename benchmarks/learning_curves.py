@@ -19,6 +19,8 @@ Rows (``--rows``):
     baseline      the paper's DETR baseline (``model=baseline``)
     lofr          LOFR as synth-cpu configures it (presence from the decoder's queries, the paper's reading)
     lofr-part     LOFR with the decoder's presence read from the attention-pooled part features (``arch.dec_logits=part``)
+    lofr-part-prior  lofr-part + the training poses' Gaussians on the cross-attention logits
+                  (``arch.dec_prior_bias``: the maps start at the mean pose, fitted on locations without images)
 
 Each point records PCK@0.1 / @0.2 / px error / AP on SynthPose val (the trainer's own evaluation: cached eval
 crops, flip test), PCK@0.1 per joint group, the mean-pose prior's on the same crops, and for LOFR rows also
@@ -60,6 +62,7 @@ ROWS = {
     "baseline": ("baseline (DETR)", ["model=baseline"]),
     "lofr": ("LOFR (query logits, paper)", []),
     "lofr-part": ("LOFR, part logits", ["arch.dec_logits=part"]),
+    "lofr-part-prior": ("LOFR, part logits + pose-prior attention", ["arch.dec_logits=part", "arch.dec_prior_bias=true"]),
 }
 SYNTH_CPU_STEPS = 1224  # synth-cpu: 6 epochs x 204 steps
 STEPS = [153, 306, 612, 1224, 2448, 4896, 9792, 19584]  # log-spaced, x2: 1/8 .. 16x the synth-cpu budget
@@ -297,7 +300,6 @@ def main(argv=None) -> dict:
     p = training_parser(__doc__, "learning_curves")
     p.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
     p.add_argument("--steps", nargs="+", type=int, default=None, help=f"curve points (default {STEPS})")
-    p.add_argument("--table-only", action="store_true", help="rebuild the table and plot from the point files")
     p.add_argument("--progress", action="store_true", help="progress bars of each training segment")
     args = p.parse_args(argv)
     steps = args.steps or (QUICK_STEPS if args.quick else STEPS)
