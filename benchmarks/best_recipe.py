@@ -9,6 +9,7 @@ Rows (``--rows``), each ``lofr train --config synth-cpu-best`` with the row's ov
     prior     + the training poses' Gaussians on the decoder's cross-attention (``arch.dec_prior_bias``: fitted on
               the training locations without their images, the information the mean-pose prior uses)
     prior-cosine  prior with the cosine decay
+    prior-strict  prior with the strict label rule (as ``strict``)
 
 Each cell is the project's evaluation (SynthPose val or ``--data-root``'s val, cached eval crops, flip test);
 the table adds the mean-pose prior on the same crops, the gap to it, and the share of the supervised gain
@@ -42,6 +43,9 @@ ROWS = {
     "prior": ("synth-cpu-best + pose-prior attention (arch.dec_prior_bias)", ["arch.dec_prior_bias=true"]),
     "prior-cosine": ("synth-cpu-best + pose-prior attention, cosine lr decay", ["arch.dec_prior_bias=true",
                                                                                "optim.schedule=cosine"]),
+    "prior-strict": ("synth-cpu-best + pose-prior attention, strict labels", ["arch.dec_prior_bias=true",
+                                                                             "data.labels=annotation",
+                                                                             "data.aug.half_body_prob=0"]),
 }
 
 
