@@ -24,6 +24,12 @@ PCK_prior) at 0.1 and 0.2 (the analogue of the paper's LOFR / Sup-only AP ratio)
 
 Runs go to ``--runs-dir/{lofr,baseline,sup}`` (``lofr train``'s layout: last.pt, metrics.jsonl, ...;
 ``.../<model>/seed<k>`` with several ``--seeds``); ``--checkpoint-dir`` reads the same layout.
+
+Stopped and started again, it resumes (as the table scripts do): each finished (model, seed) is kept in
+``<results-dir>/runs/<results-name>/<model>-seed<k>.json`` (its overrides, row, the prior's row, LOFR's CAM
+row, timing, commit) and skipped next time when its config and overrides are the same; an unfinished run
+continues from its ``last.pt``. ``--fresh`` retrains everything; ``--table-only`` trains nothing and builds
+the table from the kept runs (the md then says which seeds each row has).
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import format_cell, git_commit, mean_std  # noqa: E402
+from common import format_cell, git_commit, mean_std, write_json  # noqa: E402
 MODELS = {  # row key -> (model overrides, label)
     "baseline": (["model=baseline"], "Baseline"),
     "lofr": (["model=lofr"], "LOFR"),
@@ -146,9 +152,15 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: with data.workers=1 that fills 2 cores;\n2 threads + a loader on a loaded 2-core machine ran 7 s/step instead of 0.1)")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 steps per model, tiny batches")
     p.add_argument("--results-name", default="synth_claim", help="results file stem (default synth_claim)")
+    p.add_argument("--fresh", action="store_true", help="retrain every run: ignore the kept results of finished runs "
+                                                         "and the last.pt of unfinished ones")
+    p.add_argument("--table-only", action="store_true",
+                   help="train nothing: the table from the runs kept in <results-dir>/runs/<results-name>/")
     args = p.parse_args(argv)
 
+    from lofr.config_utils import ConfigError
     from lofr.data.topdown import mean_pose_prior
+    from lofr.engine.checkpoint import CheckpointError
     from lofr.engine.config import load_config
     from lofr.engine.feature_cache import eval_crops
     from lofr.engine.trainer import build_datasets, evaluate, load_model, train
@@ -158,10 +170,29 @@ def main(argv=None) -> dict:
     common = list(args.set) + (QUICK if args.quick else []) + ([f"data.root={args.data_root}"] if args.data_root else [])
     per_seed: dict[str, list[dict]] = {}  # row key -> one row_metrics per seed
     timing, val_ds, prior = {}, None, None
+    kept = Path(args.results_dir) / "runs" / args.results_name
+    seeds_of: dict[str, list[int]] = {}  # row key -> the seeds it has (a partial table says so)
     for key in args.models:
         extra, label = MODELS[key]
         for seed in args.seeds:
-            cfg = load_config(args.config, common + extra + [f"seed={seed}"])
+            overrides = common + extra + [f"seed={seed}"]
+            kept_file = kept / f"{key}-seed{seed}.json"
+            if not args.checkpoint_dir and not args.fresh and kept_file.is_file():
+                done = json.loads(kept_file.read_text())
+                if done.get("overrides") == overrides and done.get("config") == args.config:
+                    timing.setdefault(key, []).append(done["timing"])
+                    per_seed.setdefault(key, []).append(done["row"])
+                    if "cam" in done:
+                        per_seed.setdefault("cam", []).append(done["cam"])
+                    prior = prior or done["prior"]
+                    seeds_of.setdefault(key, []).append(seed)
+                    print(f"{label} (seed {seed}): kept from {kept_file.name}", flush=True)
+                    continue
+                print(f"{label} (seed {seed}): {kept_file.name} was run with other overrides; training again", flush=True)
+            if args.table_only and not args.checkpoint_dir:
+                print(f"{label} (seed {seed}): not run yet, left out (--table-only)", flush=True)
+                continue
+            cfg = load_config(args.config, overrides)
             run_dir = seed_dir(Path(args.checkpoint_dir or args.runs_dir), key, seed, len(args.seeds),
                                loading=bool(args.checkpoint_dir))
             t = {"seed": seed}
@@ -170,7 +201,12 @@ def main(argv=None) -> dict:
                 t.update(trained_timing(run_dir, cfg.optim.batch_size))
             else:
                 t0 = time.perf_counter()
-                res = train(cfg, run_dir, overwrite=True, progress=False)
+                try:  # an unfinished run of the same config continues from its last.pt
+                    if args.fresh or not (run_dir / "last.pt").is_file():
+                        raise CheckpointError("nothing to resume")
+                    res = train(cfg, run_dir, resume=True, progress=False)
+                except (CheckpointError, ConfigError):
+                    res = train(cfg, run_dir, overwrite=True, progress=False)
                 t.update(train_s=round(time.perf_counter() - t0, 1), steps=res["step"], batch=cfg.optim.batch_size,
                          evals_in_training=len(res["history"]))
                 model, _ = load_model(res["last"])
@@ -192,6 +228,15 @@ def main(argv=None) -> dict:
             if key == "lofr":
                 per_seed.setdefault("cam", []).append(row_metrics(
                     evaluate(model, crops, cfg.data.eval_batch_size, cfg.data.flip_test, source="cam")))
+            seeds_of.setdefault(key, []).append(seed)
+            if not args.checkpoint_dir:
+                kept.mkdir(parents=True, exist_ok=True)
+                record = {"model": key, "seed": seed, "config": args.config, "overrides": overrides,
+                          "row": per_seed[key][-1], "prior": row_metrics(report.prior), "timing": t,
+                          "commit": git_commit()}
+                if key == "lofr":
+                    record["cam"] = per_seed["cam"][-1]
+                write_json(kept_file, record)
             r = per_seed[key][-1]
             print(f"{label} (seed {seed}): PCK@0.1 {r['PCK@0.1']:.3f}  PCK@0.2 {r['PCK@0.2']:.3f}  "
                   f"px err {r['px err']:.1f}  {t}", flush=True)
@@ -200,6 +245,8 @@ def main(argv=None) -> dict:
         stats = {c: mean_std([r[c] for r in runs]) for c in runs[0]}
         rows[key] = {c: m for c, (m, _) in stats.items()}
         stds[key] = {c: sd for c, (_, sd) in stats.items()}
+    if prior is None:
+        raise SystemExit(f"synth_claim: no run kept in {kept} for these overrides, nothing to tabulate")
     rows["prior"] = prior
     timing = {key: mean_timing(ts) for key, ts in timing.items()}
     wall = time.perf_counter() - t_start
@@ -207,6 +254,11 @@ def main(argv=None) -> dict:
     table = format_table(rows, timing, stds)
     if len(args.seeds) > 1:
         table += f"\n\nmean ± sample std over seeds {args.seeds} (the prior has no seed)"
+    short = {k: v for k, v in seeds_of.items() if sorted(v) != sorted(args.seeds)}
+    missing = [k for k in args.models if k not in seeds_of]
+    if short or missing or args.table_only:
+        state = "; ".join([f"{k}: seeds {sorted(v)}" for k, v in short.items()] + [f"{k}: none" for k in missing])
+        table += f"\n\n**State: partial** (built from the kept runs) — {state or 'every row has every seed'}."
     gains = {k: recovered_gain(rows, k) for k in ("lofr", "baseline", "cam", "plain_cam") if k in rows} \
         if "sup" in rows else {}
     machine = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -219,7 +271,7 @@ def main(argv=None) -> dict:
         "benchmarks/synth_claim.py", *(sys.argv[1:] if argv is None else argv)])
     out = {"command": command, "commit": git_commit(), "machine": machine, "wall_s": round(wall, 1),
            "config": args.config, "overrides": common, "seeds": args.seeds, "rows": rows, "std": stds,
-           "per_seed": per_seed, "timing": timing, "recovered_gain": gains,
+           "per_seed": per_seed, "seeds_of": seeds_of, "timing": timing, "recovered_gain": gains,
            "table": table}
     results = Path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)

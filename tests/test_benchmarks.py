@@ -75,3 +75,31 @@ def test_quick_run_over_two_seeds_reports_mean_and_std(tiny_root, tmp_path):
     again = bench.main(["--checkpoint-dir", str(tmp_path / "runs"), "--data-root", str(tiny_root), "--results-dir",
                         str(tmp_path / "results2"), "--models", "lofr", "--seeds", "0", "1", "--quick"])
     assert again["rows"]["lofr"]["PCK@0.2"] == pytest.approx(out["rows"]["lofr"]["PCK@0.2"])
+
+
+def test_stopped_claim_resumes_from_kept_runs(tiny_root, tmp_path, capsys):
+    """Each finished (model, seed) is kept beside the results; a second call skips it, a call whose kept
+    file is gone resumes from last.pt, and --table-only says which seeds the table lacks."""
+    bench = load_benchmark("synth_claim")
+    tiny = ["arch.d_model=32", "arch.nhead=2", "arch.dec_layers=1", "arch.dim_ff=32"]
+    args = ["--quick", "--data-root", str(tiny_root), "--runs-dir", str(tmp_path / "runs"), "--results-dir",
+            str(tmp_path / "results"), "--models", "lofr", "--set", *tiny]
+    first = bench.main(args)
+    kept = tmp_path / "results" / "runs" / "synth_claim" / "lofr-seed0.json"
+    record = json.loads(kept.read_text())
+    assert record["overrides"][-1] == "seed=0" and {"row", "prior", "cam", "timing", "commit"} <= set(record)
+    capsys.readouterr()
+    again = bench.main(args)
+    assert "LOFR (seed 0): kept from lofr-seed0.json" in capsys.readouterr().out
+    assert again["rows"]["lofr"] == pytest.approx(first["rows"]["lofr"], nan_ok=True)
+    assert again["rows"]["prior"] == pytest.approx(first["rows"]["prior"], nan_ok=True)
+    kept.unlink()  # as if stopped after training: the run continues from its last.pt (already at max_steps)
+    resumed = bench.main(args)
+    assert resumed["rows"]["lofr"] == pytest.approx(first["rows"]["lofr"], nan_ok=True)
+    assert kept.is_file()
+    partial = bench.main(args[:-len(tiny) - 1] + ["--seeds", "0", "1", "--table-only", "--set", *tiny])
+    assert len(partial["per_seed"]["lofr"]) == 1
+    md = (tmp_path / "results" / "synth_claim.md").read_text()
+    assert "**State: partial**" in md and "lofr: seeds [0]" in md
+    with pytest.raises(SystemExit, match="no run kept"):
+        bench.main(args[:-len(tiny) - 1] + ["--seeds", "5", "--table-only", "--set", *tiny])
