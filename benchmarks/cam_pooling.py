@@ -1,5 +1,5 @@
 """The plain-CAM reference on SynthPose: which receptive field and pooling let a CNN localise from
-image-level labels (issue 4's "pooling / receptive field" levers, measured with LOFR's own CNN branch).
+image-level labels (the "pooling / receptive field" levers, measured with LOFR's own CNN branch).
 
 Every row trains ``model=cam`` (``lofr.models.PlainCAM``: the ``synth-cpu`` backbone up to
 ``arch.cam_stride`` + the CAM head of Eq. 1, image-level BCE only, no transformer) with the same

@@ -1,4 +1,4 @@
-"""Issue 6, item 6: what LOFR costs next to the paper's baseline, measured in the same run.
+"""What LOFR costs next to the paper's baseline, measured in the same run.
 
 For each config (``synth-cpu``, ``coco-r50-256x192``; ``arch.pretrained=false`` always: nothing is
 downloaded) both models are built from the config with ``lofr.engine.trainer.build_model`` and

@@ -1,6 +1,6 @@
 """Does the image-level signal need more data? Presence and plain-CAM localisation vs SynthPose's size.
 
-Issue 4's levers "longer training / pretraining on SynthPose", measured where they start: whether a CNN learns
+The levers "longer training / pretraining on SynthPose", measured where they start: whether a CNN learns
 the image-level labels at all. At the synth-cpu budget (2040 steps) it barely does: the train BCE of every weak
 model stays near the label marginals'. The generator is free, so this script trains the same model for the
 same number of steps on the default set and on SynthPose with ``--big-train`` (default 40 000) training

@@ -1,4 +1,4 @@
-"""Issue 4's claim on SynthPose: does LOFR localise from image-level labels?
+"""The central claim on SynthPose: does LOFR localise from image-level labels?
 
 Trains (or, with ``--checkpoint-dir``, loads) four models with the same config, backbone and budget,
 evaluates them on SynthPose val (ground-truth boxes, flip test; from the cached eval crops when the

@@ -504,7 +504,7 @@ class Baseline(LOFR):
 class PlainCAM(nn.Module):
     """The CNN branch of LOFR on its own (Sec. 3.2, Eq. 1): the backbone up to ``config.cam_stride``
     + the CAM head (pooling ``config.cam_pool``), trained with the image-level BCE only; keypoint c =
-    the arg-max of its CAM M_c. The "plain CAM" reference of issue 4's table, at the CNN's speed (no
+    the arg-max of its CAM M_c. The "plain CAM" row of benchmarks/synth_claim.py's table, at the CNN's speed (no
     transformer). Same ``predict`` / output keys as LOFR where they apply:
 
     forward(images (B, 3, H, W)) -> dict(logits_cnn = logits (B, C), cams (B, C, h, w) (Eq. 1),
