@@ -5,6 +5,7 @@
     lofr train --config NAME|YAML [key=value ...]     train (torchrun -m lofr.cli train ... for DDP)
     lofr eval --checkpoint CKPT [--flip-test] [--decode pose_prior]   metrics table + COCO results JSON
     lofr predict IMAGE --checkpoint CKPT [--box ...]  draw the skeleton on your own image
+    lofr pseudo-label --checkpoint CKPT --out JSON    a weak model's confident keypoints as training annotations
     lofr data check ROOT --schema coco|mpii|crowdpose verify a dataset download
 
 Results (tables, summaries) go to stdout; progress bars and log lines to stderr. Exit status: 0 ok;
@@ -124,6 +125,27 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pseudo_label(args: argparse.Namespace) -> int:
+    from lofr.engine.trainer import build_datasets, load_model
+    from lofr.eval.coco import write_results
+    from lofr.selftrain import pseudo_label
+
+    if not 0.0 < args.top <= 1.0:
+        raise UsageError(f"--top must be in (0, 1], got {args.top}")
+    model, cfg = load_model(args.checkpoint, device=args.device)
+    if args.data:
+        cfg.data.root = args.data
+    cfg.data.val_ann, cfg.data.val_img = cfg.data.train_ann, cfg.data.train_img  # the training crops, un-augmented
+    _, crops = build_datasets(cfg, train=False)
+    ann, stats = pseudo_label(model, crops, args.top, cfg.data.eval_batch_size, cfg.data.flip_test,
+                              device=args.device, progress=not args.quiet)
+    write_results(args.out, ann)  # atomically, as any JSON
+    print(f"{stats['kept']} of {stats['present']} present joints kept (the top {args.top:g} per joint by the "
+          f"teacher's score) in {stats['instances']} instances of {crops.ann_file}")
+    print(f"pseudo-labelled annotations: {args.out}  (train a student on them: data.train_ann={Path(args.out).resolve()})")
+    return 0
+
+
 DEBUG_HELP = "on a user error, also print the traceback (or set LOFR_DEBUG=1)"
 
 
@@ -198,6 +220,17 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--thr", type=float, default=0.0, help="hide joints scoring below this")
     pr.add_argument("--device", default="cpu")
     pr.set_defaults(func=_cmd_predict)
+
+    pl = sub.add_parser("pseudo-label", parents=[common],
+                        help="a weak model's most confident keypoints on the training crops, as a COCO annotation file")
+    pl.add_argument("--checkpoint", required=True, help="the teacher (any lofr checkpoint)")
+    pl.add_argument("--out", required=True, help="the annotation JSON to write")
+    pl.add_argument("--top", type=float, default=0.25,
+                    help="per joint, the fraction of present instances kept, by score (default 0.25)")
+    pl.add_argument("--data", default=None, help="dataset root (default: the one in the checkpoint's config)")
+    pl.add_argument("--device", default="cpu")
+    pl.add_argument("--quiet", action="store_true")
+    pl.set_defaults(func=_cmd_pseudo_label)
 
     from lofr.data.check import add_data_check_arguments, cmd_data_check
 

@@ -309,3 +309,25 @@ def test_table_only_builds_a_partial_table_from_the_kept_runs(tiny_root, tmp_pat
     assert not (tmp_path / "runs" / "+PDC").exists()  # nothing trained
     md = (tmp_path / "results" / "table5_modules.md").read_text()
     assert "**State: partial**" in md and "baseline: seeds [0]" in md
+
+
+def test_self_training_quick_run_keeps_each_seed(tiny_root, tmp_path, capsys):
+    """benchmarks/self_training.py --quick: teacher, pseudo-labels and student per seed, one kept file each,
+    skipped when run again; --table-only with a seed not run says the table is partial."""
+    bench = load_benchmark("self_training")
+    tiny = ["arch.d_model=32", "arch.nhead=2", "arch.dec_layers=1", "arch.dim_ff=32"]
+    args = ["--quick", "--data-root", str(tiny_root), "--runs-dir", str(tmp_path / "runs"), "--results-dir",
+            str(tmp_path / "results"), "--top", "0.5", "--set", *tiny]
+    out = bench.main(args)
+    kept = tmp_path / "results" / "runs" / "self_training" / "prior-seed0.json"
+    record = json.loads(kept.read_text())
+    assert {"teacher", "student", "prior", "pseudo", "timing", "settings"} <= set(record)
+    assert 0 < record["pseudo"]["kept"] < record["pseudo"]["present"]
+    assert (tmp_path / "runs" / "prior" / "seed0" / "pseudo_train.json").is_file()
+    assert "| teacher synth-cpu-best + pose-prior attention -> Sup-only student | 0 |" in out["table"]
+    assert "mean-pose prior (no model)" in out["table"]
+    capsys.readouterr()
+    bench.main(args[:-len(tiny) - 1] + ["--seeds", "0", "1", "--table-only", "--set", *tiny])
+    assert "(seed 0): kept from prior-seed0.json" in capsys.readouterr().out
+    md = (tmp_path / "results" / "self_training.md").read_text()
+    assert "**State: partial**" in md and "prior: seeds [0]" in md
