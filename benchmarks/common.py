@@ -130,7 +130,7 @@ METRICS = ("PCK@0.1", "PCK@0.2", "px err", "AP", "AR")  # what every table row r
 
 __all__ += ["QUICK", "METRICS", "training_parser", "base_overrides", "run_rows", "metrics_of", "mean_std",
             "format_cell", "paired_gain", "train_seconds", "finish", "kept_dir", "write_json", "claim",
-            "claims_markdown", "regime_note"]
+            "claims_markdown", "regime_note", "train_or_resume"]
 
 
 def training_parser(doc: str, runs_name: str) -> argparse.ArgumentParser:
@@ -220,6 +220,21 @@ def kept_dir(args) -> Path:
     return Path(args.results_dir) / "runs" / (getattr(args, "results_name", None) or Path(args.runs_dir).name)
 
 
+def train_or_resume(cfg, folder: Path, fresh: bool = False) -> dict:
+    """``train`` ``cfg`` into ``folder``, continuing its ``last.pt`` when that is a run of the same config
+    (training resumes bit for bit; a finished one returns at once); from scratch otherwise or with ``fresh``."""
+    from lofr.config_utils import ConfigError
+    from lofr.engine.checkpoint import CheckpointError
+    from lofr.engine.trainer import train
+
+    try:
+        if fresh or not (Path(folder) / "last.pt").is_file():
+            raise CheckpointError("nothing to resume")
+        return train(cfg, folder, resume=True, progress=False)
+    except (CheckpointError, ConfigError):
+        return train(cfg, folder, overwrite=True, progress=False)
+
+
 def run_rows(rows: dict, args, common: list[str], per_model=None, log=print) -> dict:
     """Train (or load, with ``args.checkpoint_dir``) and evaluate every row for every seed.
 
@@ -234,12 +249,10 @@ def run_rows(rows: dict, args, common: list[str], per_model=None, log=print) -> 
     unfinished run continues from its ``last.pt`` in ``--runs-dir`` (training resumes bit for bit). ``args.fresh``
     (``--fresh``) retrains everything.
     """
-    from lofr.config_utils import ConfigError
-    from lofr.engine.checkpoint import CheckpointError
     from lofr.engine.config import load_config
     from lofr.engine.feature_cache import eval_crops
     from lofr.engine.runtime import pick_device
-    from lofr.engine.trainer import build_datasets, evaluate, load_model, train
+    from lofr.engine.trainer import build_datasets, evaluate, load_model
 
     kept = kept_dir(args)
     fresh = getattr(args, "fresh", False)
@@ -271,13 +284,7 @@ def run_rows(rows: dict, args, common: list[str], per_model=None, log=print) -> 
                 model, cfg = load_model(path, pick_device(cfg.device))
             else:
                 t0 = time.perf_counter()
-                folder = run_dir(Path(args.runs_dir), key, seed, loading=False)
-                try:  # an unfinished run of the same config continues from its last.pt
-                    if fresh or not (folder / "last.pt").is_file():
-                        raise CheckpointError("nothing to resume")
-                    res = train(cfg, folder, resume=True, progress=False)
-                except (CheckpointError, ConfigError):
-                    res = train(cfg, folder, overwrite=True, progress=False)
+                res = train_or_resume(cfg, run_dir(Path(args.runs_dir), key, seed, loading=False), fresh)
                 timing = {"train_s": round(time.perf_counter() - t0, 1), "steps": res["step"],
                           "batch": cfg.optim.batch_size, "evals_in_training": len(res["history"])}
                 model, _ = load_model(res["last"], pick_device(cfg.device))  # evaluated where it trained

@@ -38,7 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from best_recipe import supervised  # noqa: E402
 from common import (METRICS, begin, finish, format_cell, git_commit, kept_dir, markdown_table, mean_std,  # noqa: E402
-                    metrics_of, training_parser, write_json)
+                    metrics_of, train_or_resume, training_parser, write_json)
 
 ROWS = {
     "prior": ("teacher synth-cpu-best + pose-prior attention -> Sup-only student", ["arch.dec_prior_bias=true"]),
@@ -47,20 +47,6 @@ ROWS = {
                                                                        "data.aug.half_body_prob=0"]),
 }
 STUDENT = ["model=sup-only", "data.labelled_fraction=1.0", "loss.mse=1.0"]
-
-
-def train_or_resume(cfg, folder: Path, fresh: bool) -> dict:
-    """``train`` into ``folder``, continuing its ``last.pt`` when there is one of the same config."""
-    from lofr.config_utils import ConfigError
-    from lofr.engine.checkpoint import CheckpointError
-    from lofr.engine.trainer import train
-
-    try:
-        if fresh or not (folder / "last.pt").is_file():
-            raise CheckpointError("nothing to resume")
-        return train(cfg, folder, resume=True, progress=False)
-    except (CheckpointError, ConfigError):
-        return train(cfg, folder, overwrite=True, progress=False)
 
 
 def pseudo_accuracy(pseudo: dict, truth_file: Path) -> dict:

@@ -47,7 +47,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import format_cell, git_commit, mean_std, write_json  # noqa: E402
+from common import format_cell, git_commit, mean_std, train_or_resume, write_json  # noqa: E402
 MODELS = {  # row key -> (model overrides, label)
     "baseline": (["model=baseline"], "Baseline"),
     "lofr": (["model=lofr"], "LOFR"),
@@ -158,12 +158,10 @@ def main(argv=None) -> dict:
                    help="train nothing: the table from the runs kept in <results-dir>/runs/<results-name>/")
     args = p.parse_args(argv)
 
-    from lofr.config_utils import ConfigError
     from lofr.data.topdown import mean_pose_prior
-    from lofr.engine.checkpoint import CheckpointError
     from lofr.engine.config import load_config
     from lofr.engine.feature_cache import eval_crops
-    from lofr.engine.trainer import build_datasets, evaluate, load_model, train
+    from lofr.engine.trainer import build_datasets, evaluate, load_model
 
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
@@ -201,12 +199,7 @@ def main(argv=None) -> dict:
                 t.update(trained_timing(run_dir, cfg.optim.batch_size))
             else:
                 t0 = time.perf_counter()
-                try:  # an unfinished run of the same config continues from its last.pt
-                    if args.fresh or not (run_dir / "last.pt").is_file():
-                        raise CheckpointError("nothing to resume")
-                    res = train(cfg, run_dir, resume=True, progress=False)
-                except (CheckpointError, ConfigError):
-                    res = train(cfg, run_dir, overwrite=True, progress=False)
+                res = train_or_resume(cfg, run_dir, args.fresh)  # an unfinished run continues from its last.pt
                 t.update(train_s=round(time.perf_counter() - t0, 1), steps=res["step"], batch=cfg.optim.batch_size,
                          evals_in_training=len(res["history"]))
                 model, _ = load_model(res["last"])
