@@ -1,6 +1,7 @@
-"""The best location-free recipe (``synth-cpu-best``) against the mean-pose prior, over seeds, label rules and datasets.
+"""The best single location-free model (``synth-cpu-part``; with ``prior``'s override it is ``synth-cpu-best``'s
+teacher) against the mean-pose prior, over seeds, label rules and datasets.
 
-Rows (``--rows``), each ``lofr train --config synth-cpu-best`` with the row's overrides:
+Rows (``--rows``), each ``lofr train --config synth-cpu-part`` with the row's overrides:
 
     default   the recipe as shipped (image-level labels by the crop rule)
     strict    the strict, location-free label rule: ``data.labels=annotation`` (labels no augmentation recomputes
@@ -36,14 +37,14 @@ from common import (RESULTS, begin, finish, format_cell, markdown_table, mean_st
                     train_seconds, training_parser)
 
 ROWS = {
-    "default": ("synth-cpu-best (crop label rule)", []),
-    "strict": ("synth-cpu-best, strict labels (data.labels=annotation)", ["data.labels=annotation",
+    "default": ("synth-cpu-part (crop label rule)", []),
+    "strict": ("synth-cpu-part, strict labels (data.labels=annotation)", ["data.labels=annotation",
                                                                           "data.aug.half_body_prob=0"]),
-    "cosine": ("synth-cpu-best, cosine lr decay", ["optim.schedule=cosine"]),
-    "prior": ("synth-cpu-best + pose-prior attention (arch.dec_prior_bias)", ["arch.dec_prior_bias=true"]),
-    "prior-cosine": ("synth-cpu-best + pose-prior attention, cosine lr decay", ["arch.dec_prior_bias=true",
+    "cosine": ("synth-cpu-part, cosine lr decay", ["optim.schedule=cosine"]),
+    "prior": ("synth-cpu-part + pose-prior attention (arch.dec_prior_bias)", ["arch.dec_prior_bias=true"]),
+    "prior-cosine": ("synth-cpu-part + pose-prior attention, cosine lr decay", ["arch.dec_prior_bias=true",
                                                                                "optim.schedule=cosine"]),
-    "prior-strict": ("synth-cpu-best + pose-prior attention, strict labels", ["arch.dec_prior_bias=true",
+    "prior-strict": ("synth-cpu-part + pose-prior attention, strict labels", ["arch.dec_prior_bias=true",
                                                                              "data.labels=annotation",
                                                                              "data.aug.half_body_prob=0"]),
 }
@@ -102,7 +103,7 @@ from synth_claim.json (SynthPose val only; empty on another dataset)."""
 
 def main(argv=None) -> dict:
     p = training_parser(__doc__, "best_recipe")
-    p.set_defaults(config="synth-cpu-best")
+    p.set_defaults(config="synth-cpu-part")
     p.add_argument("--rows", nargs="+", choices=list(ROWS), default=["default", "strict"])
     p.add_argument("--note", default="", help="a line for the results page (e.g. where --checkpoint-dir's runs came from)")
     args = p.parse_args(argv)

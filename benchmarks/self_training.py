@@ -1,15 +1,17 @@
 """Self-training on a weak teacher's confident peaks (``lofr.selftrain``) against the mean-pose prior.
 
-Per row and seed, three stages, each resumable:
+Per row and seed, three stages, each resumable (the row ``prior`` is ``lofr train --config synth-cpu-best``:
+its ``self_train`` section chains the same three, ``tests/test_selftrain.py`` checks the configs are these):
 
-    teacher   ``lofr train --config synth-cpu-best`` + the row's teacher overrides (image-level labels only)
+    teacher   ``lofr train --config synth-cpu-part`` + the row's teacher overrides (image-level labels only)
     pseudo    ``lofr pseudo-label``: the teacher's keypoints on the un-augmented training crops, per joint the
               top ``--top`` fraction by score among the instances labelled present (the rest: no location)
     student   ``lofr train --config synth-cpu model=sup-only data.labelled_fraction=1.0 loss.mse=1.0
               data.train_ann=<pseudo>``: the testbed's Sup-only trained on the pseudo-locations
 
-Rows (``--rows``): ``prior`` (teacher = synth-cpu-best + pose-prior attention, ``arch.dec_prior_bias``),
-``prior-strict`` (the same teacher under the strict label rule, ``data.labels=annotation``). Nothing in the
+Rows (``--rows``): ``prior`` (teacher = synth-cpu-part + pose-prior attention, ``arch.dec_prior_bias``),
+``prior-strict`` (the same teacher under the strict label rule, ``data.labels=annotation``), ``prior-2x`` (``prior``
+with twice the epochs for teacher and student: on a set with half the images, the same number of steps). Nothing in the
 three stages reads an annotated keypoint's position; the table's "pseudo PCK" column does (the kept
 pseudo-locations against the hidden truth, a diagnostic). Each cell is the project's evaluation (SynthPose val
 or ``--data-root``'s val, flip test), with the mean-pose prior on the same crops and the share of the supervised
@@ -41,12 +43,15 @@ from common import (METRICS, begin, finish, format_cell, git_commit, kept_dir, m
                     metrics_of, train_or_resume, training_parser, write_json)
 
 ROWS = {
-    "prior": ("teacher synth-cpu-best + pose-prior attention -> Sup-only student", ["arch.dec_prior_bias=true"]),
+    "prior": ("teacher synth-cpu-part + pose-prior attention -> Sup-only student", ["arch.dec_prior_bias=true"]),
     "prior-strict": ("the same, teacher under the strict label rule", ["arch.dec_prior_bias=true",
                                                                        "data.labels=annotation",
                                                                        "data.aug.half_body_prob=0"]),
+    "prior-2x": ("the same, twice the epochs for teacher and student", ["arch.dec_prior_bias=true", "optim.epochs=12"]),
 }
 STUDENT = ["model=sup-only", "data.labelled_fraction=1.0", "loss.mse=1.0"]
+# rows whose student differs from STUDENT: their extra overrides
+STUDENT_EXTRA = {"prior-2x": ["optim.epochs=12"]}
 
 
 def pseudo_accuracy(pseudo: dict, truth_file: Path) -> dict:
@@ -77,7 +82,7 @@ def run_seed(key: str, seed: int, args, common: list[str], log=print) -> dict:
     folder = Path(args.runs_dir) / key / f"seed{seed}"
     timing = {}
     t0 = time.perf_counter()
-    tcfg = load_config("synth-cpu-best", common + ROWS[key][1] + [f"seed={seed}"])
+    tcfg = load_config("synth-cpu-part", common + ROWS[key][1] + [f"seed={seed}"])
     res = train_or_resume(tcfg, folder / "teacher", args.fresh)
     teacher, tcfg = load_model(res["last"])
     timing["teacher_s"] = round(time.perf_counter() - t0, 1)
@@ -87,7 +92,7 @@ def run_seed(key: str, seed: int, args, common: list[str], log=print) -> dict:
     train_ds, val_ds = build_datasets(tcfg)
     truth_file = train_ds.ann_file
     if args.fresh or not pseudo_file.is_file():
-        pcfg = load_config("synth-cpu-best", common + ROWS[key][1] + [f"seed={seed}"])
+        pcfg = load_config("synth-cpu-part", common + ROWS[key][1] + [f"seed={seed}"])
         pcfg.data.val_ann, pcfg.data.val_img = pcfg.data.train_ann, pcfg.data.train_img
         _, crops = build_datasets(pcfg, train=False)
         ann, stats = pseudo_label(teacher, crops, args.top, pcfg.data.eval_batch_size, pcfg.data.flip_test)
@@ -101,7 +106,8 @@ def run_seed(key: str, seed: int, args, common: list[str], log=print) -> dict:
                               tcfg.data.flip_test, prior_pose=prior_pose)
 
     t0 = time.perf_counter()
-    scfg = load_config("synth-cpu", common + STUDENT + [f"data.train_ann={pseudo_file.resolve()}", f"seed={seed}"])
+    scfg = load_config("synth-cpu", common + STUDENT + STUDENT_EXTRA.get(key, []) +
+                       [f"data.train_ann={pseudo_file.resolve()}", f"seed={seed}"])
     res = train_or_resume(scfg, folder / "student", args.fresh)
     student, scfg = load_model(res["last"])
     timing.update(student_s=round(time.perf_counter() - t0, 1), student_steps=res["step"])
@@ -155,7 +161,7 @@ def main(argv=None) -> dict:
     p.add_argument("--top", type=float, default=0.25, help="per joint, the fraction of present instances kept (0.25)")
     args = p.parse_args(argv)
     if args.checkpoint_dir or args.config != "synth-cpu":
-        p.error("self_training.py trains its own teacher (synth-cpu-best) and student (synth-cpu): "
+        p.error("self_training.py trains its own teacher (synth-cpu-part) and student (synth-cpu): "
                 "no --checkpoint-dir / --config")
     args.results_name = args.results_name or "self_training"
     t_start, common = begin(args)
@@ -163,7 +169,8 @@ def main(argv=None) -> dict:
     rows: dict[str, dict] = {}
     for key in args.rows:
         for seed in args.seeds:
-            record_key = {"teacher": common + ROWS[key][1], "student": common + STUDENT, "top": args.top}
+            record_key = {"teacher": common + ROWS[key][1], "student": common + STUDENT + STUDENT_EXTRA.get(key, []),
+                          "top": args.top}
             kept_file = kept / f"{key}-seed{seed}.json"
             if not args.fresh and kept_file.is_file():
                 done = json.loads(kept_file.read_text())
@@ -182,7 +189,7 @@ def main(argv=None) -> dict:
         raise SystemExit(f"self_training: nothing run or kept in {kept}")
     sup = supervised(args.results_dir) if not args.data_root else None
     table = format_table(rows, sup)
-    notes = ("Teacher: `lofr train --config synth-cpu-best` + the row's overrides (image-level labels only). Pseudo: "
+    notes = ("Teacher: `lofr train --config synth-cpu-part` + the row's overrides (image-level labels only). Pseudo: "
              f"`lofr pseudo-label --top {args.top:g}` (lofr/selftrain.py). Student: `lofr train --config synth-cpu "
              "model=sup-only data.labelled_fraction=1.0 loss.mse=1.0 data.train_ann=<pseudo>`, instances with no kept "
              "joint left out by the dataset (so fewer steps than synth-cpu's 1224). \"pseudo PCK\": the kept "

@@ -83,7 +83,7 @@ def format_table(rows: dict, fractions, free: dict | None = None) -> str:
                 cells.append(format_cell(row["mean"][c], row["std"][c], digits) if row else "")
             lines.append([label, *cells])
         if free:
-            lines.append(["location-free (`synth-cpu-best`)", format_cell(free["mean"][c], free["std"][c], digits),
+            lines.append(["location-free (`synth-cpu-part`)", format_cell(free["mean"][c], free["std"][c], digits),
                           *[""] * len(fractions)])
         parts.append(f"**{c}**\n\n" + markdown_table(["method", *heads], lines))
     return "\n\n".join(parts)
@@ -125,7 +125,7 @@ def orderings(rows: dict, fractions) -> list[dict]:
 
 
 def location_free_row(results_dir) -> dict | None:
-    """The location-free recipe (``synth-cpu-best``) as the 0 % column, from ``best_recipe.json`` (its
+    """The location-free recipe (``synth-cpu-part``) as the 0 % column, from ``best_recipe.json`` (its
     "default" row) when that file is there: measured by ``benchmarks/best_recipe.py``, not trained here."""
     path = Path(results_dir) / "best_recipe.json"
     if not path.is_file():

@@ -1,13 +1,13 @@
 """Self-training on a weak model's confident peaks (not in the paper; a lever of this project).
 
-A model trained from image-level labels only (the *teacher*, e.g. ``synth-cpu-best`` with
-``arch.dec_prior_bias=true``) predicts every training crop. For each joint c, among the instances whose
-image-level label says c is present, the ``top_fraction`` with the highest scores keep the teacher's
-keypoint as a pseudo-location (v = 2); every other joint gets v = 0 (no location: ignored by the heatmap
-loss). A heatmap model (the *student*, ``model=sup-only``) is then trained on these pseudo-locations
-like Sup-only on real ones:
+A model trained from image-level labels only (the *teacher*) predicts every training crop. For each joint
+c, among the instances whose image-level label says c is present, the ``top_fraction`` with the highest
+scores keep the teacher's keypoint as a pseudo-location (v = 2); every other joint gets v = 0 (no location:
+ignored by the heatmap loss). A heatmap model (the *student*, ``model=sup-only``) is then trained on these
+pseudo-locations like Sup-only on real ones. ``lofr train --config synth-cpu-best`` does all of it (its
+``self_train`` section, :func:`self_train`); by hand, the same three stages are::
 
-    lofr train --config synth-cpu-best arch.dec_prior_bias=true --out runs/teacher
+    lofr train --config synth-cpu-part arch.dec_prior_bias=true --out runs/teacher
     lofr pseudo-label --checkpoint runs/teacher/last.pt --out runs/teacher/pseudo_train.json
     lofr train --config synth-cpu model=sup-only data.labelled_fraction=1.0 loss.mse=1.0 \\
         data.train_ann=$PWD/runs/teacher/pseudo_train.json --out runs/student
@@ -17,23 +17,31 @@ the presence of a joint from the image-level label (v > 0), the coordinates from
 (``tests/test_selftrain.py`` checks that moving every annotated keypoint changes nothing). The
 selection is per joint, so a joint the teacher finds less reliably (wrists) is not crowded out by the
 face joints it is sure of. The score is the teacher's: presence probability x map concentration
-(``lofr.engine.evaluation.predict_records``).
+(``lofr.engine.evaluation.predict_records``; a Sup-only teacher's: its heatmap peak).
+
+A pseudo-label file records the annotation file it was made from (``lofr_pseudo_label.source``): the
+mean-pose prior of a student's run is fitted on those poses (``lofr.engine.sampling.prior_dataset``), and a
+student that teaches again labels the same crops with the same image-level labels.
 
 Choices: ``top_fraction`` 0.25 (on SynthPose the kept quarter of the teacher's train predictions is
-more accurate than the whole: see benchmarks/README.md); one round (a student could teach again);
-the student's recipe is the synth-cpu testbed's Sup-only.
+more accurate than the whole: see benchmarks/README.md); one round in ``synth-cpu-best``
+(``self_train.rounds``: a student can teach again); the student's recipe is the synth-cpu testbed's Sup-only.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-__all__ = ["select_confident", "pseudo_label"]
+__all__ = ["select_confident", "pseudo_label", "training_crops", "teacher_config", "student_config", "self_train"]
 
 
 def select_confident(scores: np.ndarray, present: np.ndarray, top_fraction: float) -> np.ndarray:
@@ -66,7 +74,8 @@ def pseudo_label(model: torch.nn.Module, dataset, top_fraction: float = 0.25, ba
     Kept joints (:func:`select_confident` over the image-level labels) hold the teacher's keypoint in
     image coordinates with v = 2; the rest are 0, 0, 0. Annotations the dataset excluded (crowd, no
     labelled keypoint) or with no joint kept end with num_keypoints 0, which TopDownDataset excludes.
-    stats: instances, present (joints labelled present), kept, top_fraction."""
+    stats: instances, present (joints labelled present), kept, top_fraction, source (the annotation file
+    read, absolute); the returned dict holds them under ``lofr_pseudo_label``."""
     from lofr.data.topdown import collate
     from lofr.engine.evaluation import predict_records
 
@@ -90,5 +99,133 @@ def pseudo_label(model: torch.nn.Module, dataset, top_fraction: float = 0.25, ba
         a["keypoints"] = [round(float(v), 2) for v in new.reshape(-1)]
         a["num_keypoints"] = int((new[:, 2] > 0).sum())
     stats = {"instances": len(records), "present": int(present.sum()), "kept": int(keep.sum()),
-             "top_fraction": top_fraction}
+             "top_fraction": top_fraction, "source": str(Path(dataset.ann_file).resolve())}
+    ann["lofr_pseudo_label"] = stats
     return ann, stats
+
+
+def training_crops(cfg):
+    """The eval-mode (un-augmented) crops of ``cfg``'s training annotations, which a teacher labels: when
+    those annotations are themselves pseudo-labels (a student teaching again), the file they were made from,
+    so every round sees the same instances and image-level labels."""
+    from lofr.engine.sampling import build_datasets
+
+    c = copy.deepcopy(cfg)
+    c.data.val_ann, c.data.val_img = c.data.train_ann, c.data.train_img
+    crops = build_datasets(c, train=False)[1]
+    source = crops.coco.dataset.get("lofr_pseudo_label", {}).get("source")
+    if source:
+        c.data.val_ann = str(source)
+        crops = build_datasets(c, train=False)[1]
+    return crops
+
+
+# what a student takes from its teacher's config: the dataset and where the run executes (its loader
+# workers, evaluation cadence and everything else are the student config's own)
+CARRIED = ("seed", "device", "amp")
+CARRIED_DATA = ("root", "train_img", "val_ann", "val_img", "schema", "synth_train", "synth_val")
+
+
+def teacher_config(cfg):
+    """The config the teacher trains with: ``cfg`` without its ``self_train`` section."""
+    from lofr.engine.config import SelfTrainConfig
+
+    t = copy.deepcopy(cfg)
+    t.self_train = SelfTrainConfig()
+    return t.check()
+
+
+def student_config(cfg, pseudo_file):
+    """The config of a student of ``cfg``'s self-training: ``cfg.self_train.student`` with its ``student_set``
+    overrides, the CARRIED / CARRIED_DATA fields of ``cfg`` and ``data.train_ann`` = ``pseudo_file`` (absolute)."""
+    from lofr.config_utils import ConfigError
+    from lofr.engine.config import load_config
+
+    st = cfg.self_train
+    s = load_config(st.student, list(st.student_set))
+    if s.self_train.rounds:
+        raise ConfigError(f"self_train.student {st.student!r} has a self_train section of its own (rounds "
+                          f"{s.self_train.rounds}): use self_train.rounds for more rounds")
+    for key in CARRIED:
+        setattr(s, key, getattr(cfg, key))
+    for key in CARRIED_DATA:
+        setattr(s.data, key, copy.deepcopy(getattr(cfg.data, key)))
+    s.data.train_ann = str(Path(pseudo_file).resolve())
+    s.name = f"{cfg.name}-student"
+    return s.check()
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def self_train(cfg, out_dir, resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict:
+    """``lofr train`` for a config with ``self_train.rounds`` = r > 0 (``trainer.train`` sends it here).
+
+    Writes ``out_dir/teacher/`` (the teacher: ``teacher_config(cfg)``, a run folder like any), per round k
+    ``out_dir/round<k>/pseudo_train.json`` (the previous model's pseudo-labels, :func:`pseudo_label`) and
+    ``out_dir/round<k>/student/`` (``student_config``), then ``out_dir/last.pt`` = the last student's (what
+    ``lofr eval`` / ``lofr predict`` read) and ``out_dir/self_train.json`` (steps, pseudo-label counts and
+    final metrics of every stage). resume: each stage continues from its own ``last.pt`` (a finished one
+    returns at once) and a written pseudo-label file is kept; overwrite: every stage starts afresh.
+    Returns the last student's ``train`` result with ``out_dir`` / ``last`` of the whole run and ``stages``."""
+    import yaml
+
+    from lofr.engine.checkpoint import load_checkpoint
+    from lofr.engine.config import config_dict
+    from lofr.engine.trainer import load_model, train
+    from lofr.errors import OutputExistsError
+    from lofr.eval.coco import write_results
+    from lofr.config_utils import ConfigError
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("self_train runs in one process (its pseudo-labelling is not distributed): train the "
+                          "teacher with torchrun and self_train.rounds=0, then `lofr pseudo-label` and the student")
+    out_dir = Path(out_dir)
+    if not resume and not overwrite and (out_dir / "last.pt").exists():
+        raise OutputExistsError(f"{out_dir} already holds a run (last.pt): pass resume=True (--resume) to continue "
+                                "it or overwrite=True (--overwrite) to start again")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(config_dict(cfg), sort_keys=False))
+
+    def stage(c, folder: Path, label: str) -> dict:
+        if progress:
+            print(f"self-training: {label} -> {folder}", flush=True)
+        again = resume and (folder / "last.pt").is_file()
+        res = train(c, folder, resume=again, progress=progress, overwrite=overwrite)
+        final = res["history"][-1] if res["history"] else {}
+        stages.append({"stage": label, "folder": str(folder), "step": res["step"],
+                       "metrics": final.get("val"), "prior": final.get("prior")})
+        return res
+
+    stages: list[dict] = []
+    tcfg = teacher_config(cfg)
+    result = stage(tcfg, out_dir / "teacher", "teacher")
+    crops = None
+    for k in range(1, cfg.self_train.rounds + 1):
+        folder = out_dir / f"round{k}"
+        pseudo_file = folder / "pseudo_train.json"
+        if overwrite or not resume or not pseudo_file.is_file():
+            model, mcfg = load_model(result["last"])
+            crops = crops or training_crops(tcfg)
+            ann, _ = pseudo_label(model, crops, cfg.self_train.top, tcfg.data.eval_batch_size, tcfg.data.flip_test,
+                                  progress=progress)
+            folder.mkdir(parents=True, exist_ok=True)
+            write_results(pseudo_file, ann)  # atomically
+        stats = json.loads(pseudo_file.read_text()).get("lofr_pseudo_label", {})
+        if progress:
+            print(f"self-training: round {k}: {stats.get('kept')} of {stats.get('present')} present joints kept "
+                  f"(top {cfg.self_train.top:g} per joint)", flush=True)
+        result = stage(student_config(cfg, pseudo_file), folder / "student", f"student {k}")
+        stages[-1]["pseudo"] = {key: stats.get(key) for key in ("instances", "present", "kept", "top_fraction")}
+    load_checkpoint(result["last"])  # a readable checkpoint before it becomes the run's
+    _copy_atomic(Path(result["last"]), out_dir / "last.pt")
+    write_results(out_dir / "self_train.json", {"rounds": cfg.self_train.rounds, "stages": stages})
+    return {**result, "out_dir": str(out_dir), "last": str(out_dir / "last.pt"), "stages": stages}

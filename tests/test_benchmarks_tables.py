@@ -324,7 +324,7 @@ def test_self_training_quick_run_keeps_each_seed(tiny_root, tmp_path, capsys):
     assert {"teacher", "student", "prior", "pseudo", "timing", "settings"} <= set(record)
     assert 0 < record["pseudo"]["kept"] < record["pseudo"]["present"]
     assert (tmp_path / "runs" / "prior" / "seed0" / "pseudo_train.json").is_file()
-    assert "| teacher synth-cpu-best + pose-prior attention -> Sup-only student | 0 |" in out["table"]
+    assert "| teacher synth-cpu-part + pose-prior attention -> Sup-only student | 0 |" in out["table"]
     assert "mean-pose prior (no model)" in out["table"]
     capsys.readouterr()
     bench.main(args[:-len(tiny) - 1] + ["--seeds", "0", "1", "--table-only", "--set", *tiny])

@@ -67,6 +67,23 @@ def test_quickstart_trains_lofr_and_the_baseline_and_prints_one_table(tmp_path, 
     # trained models first, then the prior and the ground-truth check, one row each
     rows = [line.split("  ")[0].strip() for line in table.strip().splitlines()[2:7]]
     assert rows == ["LOFR", "Baseline", "LOFR CAM arg-max", "mean-pose prior", "ground truth (crop and back)"]
+    assert "`lofr quickstart --best`" in table  # where the recipe above the prior is
+
+
+def test_quickstart_best_adds_the_self_trained_recipes_row_next_to_lofr(tiny_root, tmp_path, capsys):
+    from lofr.quickstart import BEST
+
+    tiny = ["optim.epochs=1", "max_steps=2", "optim.batch_size=4", "optim.warmup_steps=1", "data.workers=0",
+            "data.eval_batch_size=8", "eval_every=0"]
+    student = ["model=sup-only", "data.labelled_fraction=1.0", "loss.mse=1.0", *tiny]
+    runs = tmp_path / "runs"
+    assert main(["quickstart", "--best", "--quiet", "--data", str(tiny_root), "--out", str(runs), "--set", *tiny,
+                 f"self_train.student_set=[{', '.join(student)}]"]) == 0
+    table = capsys.readouterr().out.split("trained on image-level labels only:")[1]
+    rows = [line.split("  ")[0].strip() for line in table.strip().splitlines()[2:8]]
+    assert rows == ["LOFR", BEST, "Baseline", "LOFR CAM arg-max", "mean-pose prior", "ground truth (crop and back)"]
+    assert f"{BEST}: 4 steps" in table and "--best`" not in table  # teacher 2 + student 2; no hint
+    assert (runs / "best" / "teacher" / "last.pt").is_file() and (runs / "best" / "last.pt").is_file()
 
 
 def test_quickstart_no_train_stops_after_the_reference_predictors(tiny_root, tmp_path, capsys, monkeypatch):

@@ -84,3 +84,64 @@ def test_pseudo_label_command_writes_annotations_and_rejects_a_bad_fraction(teac
     assert main(["pseudo-label", "--checkpoint", str(teacher), "--out", str(out), "--top", "0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("lofr pseudo-label: error: --top must be in (0, 1]") and len(err.strip().splitlines()) == 1
+
+
+def test_synth_cpu_best_is_the_self_training_benchmarks_prior_row(tmp_path):
+    """``lofr train --config synth-cpu-best`` trains exactly what benchmarks/self_training.py's ``prior`` row
+    measures: its teacher is that row's teacher, its student that row's student (names aside)."""
+    from conftest import load_benchmark
+
+    from lofr.engine.config import config_dict, load_config
+    from lofr.selftrain import student_config, teacher_config
+
+    bench = load_benchmark("self_training")
+    best = load_config("synth-cpu-best")
+    assert best.self_train.rounds == 1 and best.self_train.top == 0.25 and best.loss.mse == 0.0
+
+    def same(a, b):
+        a, b = config_dict(a), config_dict(b)
+        return {k: v for k, v in a.items() if k != "name"} == {k: v for k, v in b.items() if k != "name"}
+
+    assert same(teacher_config(best), load_config("synth-cpu-part", bench.ROWS["prior"][1] + ["seed=0"]))
+    pseudo = tmp_path / "pseudo_train.json"
+    assert same(student_config(best, pseudo),
+                load_config("synth-cpu", bench.STUDENT + [f"data.train_ann={pseudo.resolve()}", "seed=0"]))
+    # what carries over from the teacher: seed, device and the dataset
+    other = load_config("synth-cpu-best", ["seed=3", "data.root=/somewhere/else"])
+    s = student_config(other, pseudo)
+    assert (s.seed, s.data.root, s.data.train_ann, s.model) == (3, "/somewhere/else", str(pseudo.resolve()), "sup-only")
+
+
+def test_lofr_train_self_trains_in_rounds_and_resumes(tiny_root, tmp_path, capsys):
+    """A config with ``self_train.rounds`` = 2: teacher, two pseudo-label files made from the same annotations,
+    two students; ``last.pt`` is the last student, whose mean-pose prior is fitted on the real training poses;
+    the folder refuses a second run unless resumed, and a resumed finished run changes nothing."""
+    from lofr.engine.trainer import load_model
+
+    student = ["model=sup-only", "data.labelled_fraction=1.0", "loss.mse=1.0", *TINY]
+    args = ["train", "--config", "synth-cpu", "--data", str(tiny_root), "--out", str(tmp_path / "run"), "--quiet",
+            *TINY, "self_train.rounds=2", "self_train.top=0.5", f"self_train.student_set=[{', '.join(student)}]"]
+    assert main(args) == 0
+    run = tmp_path / "run"
+    train_ann = (tiny_root / "annotations" / "person_keypoints_train2017.json").resolve()
+    for k in (1, 2):
+        meta = json.loads((run / f"round{k}" / "pseudo_train.json").read_text())["lofr_pseudo_label"]
+        assert meta["source"] == str(train_ann) and 0 < meta["kept"] < meta["present"]
+    model, cfg = load_model(run / "last.pt")
+    assert cfg.model == "sup-only" and cfg.data.train_ann == str((run / "round2" / "pseudo_train.json").resolve())
+    summary = json.loads((run / "self_train.json").read_text())
+    assert [s["stage"] for s in summary["stages"]] == ["teacher", "student 1", "student 2"]
+    assert summary["stages"][2]["step"] == 2 and summary["stages"][1]["pseudo"]["top_fraction"] == 0.5
+    capsys.readouterr()
+    # the student's prior row is the teacher's: both fitted on the annotated training poses
+    rows = {}
+    for name, ckpt in (("teacher", run / "teacher" / "last.pt"), ("student", run / "last.pt")):
+        assert main(["eval", "--checkpoint", str(ckpt), "--prior", "--quiet"]) == 0
+        rows[name] = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("mean-pose prior")]
+    assert rows["teacher"] and rows["student"] == rows["teacher"]
+    # a second run into the same folder: one line, exit 2; resumed: nothing retrained, nothing relabelled
+    assert main(args) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    before = {p: p.stat().st_mtime_ns for p in (run / "round1" / "pseudo_train.json", run / "round2" / "student" / "last.pt")}
+    assert main(args + ["--resume"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in before} == before

@@ -65,7 +65,7 @@ PAPER = [n for n in ("coco-r50-256x192", "coco-r50-384x288", "coco-hrnet32-256x1
 
 def test_every_shipped_config_loads_and_the_paper_ones_carry_sec_4_2():
     assert set(available_configs()) == set(PAPER) | {"synth-cpu", "synth-cpu-guided", "synth-cpu-scratch",
-                                                     "synth-cpu-best"}
+                                                     "synth-cpu-part", "synth-cpu-best"}
     epochs = {"mpii": 160, "crowdpose": 210, "coco": 210}
     for name in PAPER:
         cfg = load_config(name)
@@ -93,12 +93,15 @@ def test_every_shipped_config_loads_and_the_paper_ones_carry_sec_4_2():
     guided = load_config("synth-cpu-guided")  # synth-cpu + the CAM-guided changes (its header says why)
     assert guided.data == bed.data
     assert guided.arch["dec_key_bias"] is True
-    best = load_config("synth-cpu-best")  # location-free: no heatmap term, its label rule written down
-    assert best.loss.mse == 0.0 and best.data.labelled_fraction is None and best.data.labels == "crop"
-    assert best.arch["dec_logits"] == "part" and best.arch["freeze_to"] == 16
+    part = load_config("synth-cpu-part")  # location-free: no heatmap term, its label rule written down
+    assert part.loss.mse == 0.0 and part.data.labelled_fraction is None and part.data.labels == "crop"
+    assert part.arch["dec_logits"] == "part" and part.arch["freeze_to"] == 16 and part.self_train.rounds == 0
+    best = load_config("synth-cpu-best")  # synth-cpu-part + pose-prior attention as a teacher, then a student
+    assert best.loss.mse == 0.0 and best.data.labels == "crop" and best.arch["dec_prior_bias"] is True
+    assert best.self_train.rounds == 1 and best.self_train.student == "synth-cpu"
 
 
-def test_synth_cpu_best_is_the_learning_curves_lofr_part_run():
+def test_synth_cpu_part_is_the_learning_curves_lofr_part_run():
     """Its learning curve's points are this recipe stopped early: same model, data, optimiser and constant lr;
     only the name and how the run is stopped (epochs vs max_steps) differ."""
     import sys
@@ -108,7 +111,7 @@ def test_synth_cpu_best_is_the_learning_curves_lofr_part_run():
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import learning_curves as lc
 
-    best = config_dict(load_config("synth-cpu-best"))
+    best = config_dict(load_config("synth-cpu-part"))
     steps = best["optim"]["epochs"] * 204  # 204 steps per epoch on SynthPose
     curve = config_dict(load_config("synth-cpu", lc.REGIME + lc.ROWS["lofr-part"][1] + [f"max_steps={steps}"]))
     assert best["optim"]["schedule"] == "constant" and steps in lc.STEPS

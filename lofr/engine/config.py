@@ -6,7 +6,8 @@ A run is described by one :class:`TrainConfig`::
       name, model ("lofr" | "baseline" | "sup-only"), arch (LOFRConfig fields), loss (LossWeights)
       data:  DataConfig   (where the COCO-format files are, schema, input size, augmentation, ...)
       optim: OptimConfig  (Adam, lr, transformer lr factor, epochs, global batch, schedule, ...)
-      seed, device, amp, bn, eval_every, max_steps, log_every
+      seed, device, amp, bn, eval_every, max_steps, log_every, decode
+      self_train: SelfTrainConfig (rounds = 0: off; else teacher -> pseudo-labels -> student)
 
 ``load_config("synth-cpu", ["optim.lr=1e-3"])`` reads the YAML shipped in ``lofr/configs/`` (or any
 path), applies the overrides and checks every key and type (unknown keys are errors, never ignored).
@@ -27,7 +28,7 @@ from lofr.data.topdown import FILLS, LABEL_RULES, AugConfig
 from lofr.models.lofr import LOFRConfig
 from lofr.models.losses import LossWeights
 
-__all__ = ["DataConfig", "OptimConfig", "TrainConfig", "load_config", "config_path", "available_configs",
+__all__ = ["DataConfig", "OptimConfig", "SelfTrainConfig", "TrainConfig", "load_config", "config_path", "available_configs",
            "lofr_config", "config_dict", "ARCH_FROM_ELSEWHERE"]
 
 # LOFRConfig fields the trainer fills in itself (from ``data`` and ``loss``); setting them in ``arch``
@@ -130,6 +131,23 @@ class OptimConfig:
 
 
 @dataclass
+class SelfTrainConfig:
+    """Self-training (``lofr.selftrain``; not in the paper). ``rounds`` = 0: off (one model, as usual).
+    ``rounds`` = r >= 1: the run's model is a *teacher* trained as configured; it labels the training crops
+    (per joint, the ``top`` fraction of the instances labelled present keep its keypoint) and a *student* is
+    trained on those pseudo-locations with the config ``student`` (a shipped name or a YAML path) plus the
+    ``student_set`` overrides; with r >= 2 each student teaches the next. The teacher's seed, device, amp
+    and dataset (data.root, image folders, val annotations, schema, SynthPose sizes) carry over to the
+    students; the run's ``last.pt`` is the last student's."""
+
+    rounds: int = 0
+    top: float = 0.25
+    student: str = "synth-cpu"
+    student_set: list[str] = field(default_factory=lambda: ["model=sup-only", "data.labelled_fraction=1.0",
+                                                            "loss.mse=1.0"])
+
+
+@dataclass
 class TrainConfig:
     """One training run.
 
@@ -144,6 +162,7 @@ class TrainConfig:
     loss: the weights of Eq. 13 / 15; ``loss.mse`` > 0 with ``data.labelled_fraction`` gives the
         weakly semi-supervised setting (Sec. 4.3.2). "baseline" zeroes the CAM / encoder / PDC terms,
         "sup-only" uses the MSE only (weight ``loss.mse``, 1 when it is 0).
+    self_train: :class:`SelfTrainConfig` (off unless ``self_train.rounds`` > 0).
     device: "auto" | "cpu" | "cuda" | "cuda:1" ...; amp: "auto" (bf16 where supported, else fp16;
         CUDA only) | "bf16" | "fp16" | "off".
     bn: BatchNorm handling. "batch" = ordinary per-process BatchNorm; "sync" = SyncBatchNorm under
@@ -174,6 +193,7 @@ class TrainConfig:
     max_steps: int = 0
     log_every: int = 20
     decode: Literal["argmax", "pose_prior"] = "argmax"
+    self_train: SelfTrainConfig = field(default_factory=SelfTrainConfig)
 
     def check(self) -> "TrainConfig":
         """Raise ConfigError for values that are well-typed but unusable; returns self."""
@@ -209,6 +229,9 @@ class TrainConfig:
             raise ConfigError(f"decode must be 'argmax' or 'pose_prior', got {self.decode!r}")
         if self.amp not in ("auto", "bf16", "fp16", "off"):
             raise ConfigError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {self.amp!r}")
+        st = self.self_train
+        if st.rounds < 0 or not 0.0 < st.top <= 1.0:
+            raise ConfigError(f"self_train: rounds >= 0 and 0 < top <= 1 needed (got {st.rounds}, {st.top})")
         lofr_config(self)  # arch keys and values
         return self
 

@@ -5,6 +5,8 @@ DDP ranks). See ``lofr.engine.trainer``'s docstring for why resume needs both.""
 
 from __future__ import annotations
 
+import copy
+
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ from lofr.data.schemas import get_schema
 from lofr.data.topdown import TopDownDataset
 from lofr.engine.config import TrainConfig, lofr_config
 
-__all__ = ["sample_seed", "SeededSamples", "EpochBatches", "build_datasets", "output_stride"]
+__all__ = ["sample_seed", "SeededSamples", "EpochBatches", "build_datasets", "prior_dataset", "output_stride"]
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -107,6 +109,18 @@ def build_datasets(cfg: TrainConfig, train: bool = True, val: bool = True):
                               labelled_fraction=d.labelled_fraction, seed=cfg.seed, **common) if train else None
     val_ds = TopDownDataset(val_ann, root / d.val_img, train=False, **common) if val else None
     return train_ds, val_ds
+
+
+def prior_dataset(cfg: TrainConfig, train_ds):
+    """The training set whose poses the mean-pose prior (and ``decode="pose_prior"``) are fitted on: ``train_ds``
+    itself, unless its annotations are a self-training student's pseudo-labels (``lofr.selftrain``), whose
+    locations are a teacher's predictions: then the annotation file they were made from (its ``source``)."""
+    source = train_ds.coco.dataset.get("lofr_pseudo_label", {}).get("source")
+    if not source:
+        return train_ds
+    src = copy.deepcopy(cfg)
+    src.data.train_ann = str(source)
+    return build_datasets(src, val=False)[0]
 
 
 def output_stride(cfg: TrainConfig) -> int:

@@ -68,7 +68,7 @@ from lofr.engine.models import SupOnly, build_model, load_model, loss_weights, p
 from lofr.engine.resume import check_resumable, resume_state
 from lofr.engine.runtime import autocast, init_distributed, pick_device, rng_state, seed_everything
 from lofr.engine.sampling import (EpochBatches, SeededSamples, _data_root, _train_indices,  # noqa: F401
-                                  build_datasets, sample_seed)
+                                  build_datasets, prior_dataset, sample_seed)
 from lofr.errors import OutputExistsError
 from lofr.models.lofr import LOFR
 from lofr.models.losses import LOFRCriterion, LossWeights
@@ -215,6 +215,8 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
     overwrite: start afresh in an ``out_dir`` that already holds a run (its files are replaced);
         without it (and without ``resume``) such a folder raises FileExistsError.
     progress: tqdm bars and one summary line per evaluation (rank 0 only).
+    ``cfg.self_train.rounds`` > 0: a teacher and its students (``lofr.selftrain.self_train``, one process only),
+    each trained here into a subfolder; ``out_dir/last.pt`` is the last student's.
     Under ``torchrun`` (RANK / WORLD_SIZE set) this is one process of a DDP run.
 
     Returns ``{"out_dir", "step", "epoch", "history" (the metrics.jsonl records), "best"
@@ -222,6 +224,10 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
     "lr" ({group: base lr}), "steps_per_epoch", "last", "best_checkpoint"}``.
     """
     cfg.check()
+    if cfg.self_train.rounds:  # teacher -> pseudo-labels -> student(s): lofr.selftrain, which calls back here
+        from lofr.selftrain import self_train
+
+        return self_train(cfg, out_dir, resume=resume, progress=progress, overwrite=overwrite)
     out_dir = Path(out_dir)
     di = init_distributed()
     device = pick_device(cfg.device)
@@ -276,8 +282,9 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, progress: bool = True
     opt_cls = torch.optim.AdamW if o.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(groups, lr=o.lr, weight_decay=o.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
-    prior_pose = mean_pose_prior(train_ds) if di.is_main else None
-    pose_model = pose_prior_for(cfg, train_ds) if di.is_main else None  # decode="pose_prior"
+    poses_ds = prior_dataset(cfg, train_ds) if di.is_main else None  # a student's: its teacher's training poses
+    prior_pose = mean_pose_prior(poses_ds) if di.is_main else None
+    pose_model = pose_prior_for(cfg, poses_ds) if di.is_main else None  # decode="pose_prior"
 
     step, history, best = 0, [], None
     if resume:
