@@ -43,7 +43,8 @@ from common import (METRICS, begin, finish, format_cell, git_commit, kept_dir, m
                     metrics_of, train_or_resume, training_parser, write_json)
 
 ROWS = {
-    "prior": ("teacher synth-cpu-part + pose-prior attention -> Sup-only student", ["arch.dec_prior_bias=true"]),
+    "prior": ("synth-cpu-best: teacher synth-cpu-part + pose-prior attention -> Sup-only student",
+              ["arch.dec_prior_bias=true"]),
     "prior-strict": ("the same, teacher under the strict label rule", ["arch.dec_prior_bias=true",
                                                                        "data.labels=annotation",
                                                                        "data.aug.half_body_prob=0"]),
@@ -116,7 +117,7 @@ def run_seed(key: str, seed: int, args, common: list[str], log=print) -> dict:
                               scfg.data.flip_test)
     out = {"teacher": metrics_of(teacher_report), "student": metrics_of(student_report),
            "prior": metrics_of(teacher_report.prior), "pseudo": {**stats, **pseudo_accuracy(pseudo, truth_file)},
-           "timing": timing}
+           "timing": timing, "student_pose_prior": student_pose_prior(key, seed, args, common)}
     s = out["student"]
     log(f"{ROWS[key][0]} (seed {seed}): student PCK@0.1 {s['PCK@0.1']:.3f}  PCK@0.2 {s['PCK@0.2']:.3f}  "
         f"px err {s['px err']:.1f}; teacher {out['teacher']['PCK@0.1']:.3f} / {out['teacher']['PCK@0.2']:.3f}; "
@@ -124,10 +125,36 @@ def run_seed(key: str, seed: int, args, common: list[str], log=print) -> dict:
     return out
 
 
+def student_pose_prior(key: str, seed: int, args, common: list[str]) -> dict:
+    """The (row, seed)'s student decoded jointly with a pose model of the training poses (``decode=pose_prior``,
+    ``lofr.eval.pose_prior``: the locations of the ORIGINAL training annotations, without their images — the
+    information the mean-pose prior uses), on the same val crops. Needs the student's ``last.pt`` in --runs-dir."""
+    from lofr.engine.config import load_config
+    from lofr.engine.feature_cache import eval_crops
+    from lofr.engine.trainer import build_datasets, evaluate, load_model, pose_prior_for
+
+    student, scfg = load_model(Path(args.runs_dir) / key / f"seed{seed}" / "student" / "last.pt")
+    poses = build_datasets(load_config("synth-cpu-part", common + ROWS[key][1] + [f"seed={seed}"]), val=False)[0]
+    scfg.decode = "pose_prior"
+    s_train, s_val = build_datasets(scfg)
+    report = evaluate(student, eval_crops(scfg, student, s_train, s_val), scfg.data.eval_batch_size,
+                      scfg.data.flip_test, pose_prior=pose_prior_for(scfg, poses))
+    return metrics_of(report)
+
+
+def decoded(runs: list[dict]) -> list[str]:
+    """The pose-prior decoding columns: mean ± std over the runs that have it (``(n of m)`` when not all)."""
+    have = [r["student_pose_prior"] for r in runs if r.get("student_pose_prior")]
+    if not have:
+        return ["", ""]
+    note = "" if len(have) == len(runs) else f" ({len(have)} of {len(runs)})"
+    return [format_cell(*mean_std([h[t] for h in have])) + note for t in ("PCK@0.1", "PCK@0.2")]
+
+
 def format_table(rows: dict, sup: dict | None) -> str:
     headers = ["row", "seeds", "teacher PCK@0.1 / @0.2", "pseudo kept", "pseudo PCK@0.1 / @0.2 (vs truth)",
                "student PCK@0.1", "student PCK@0.2", "px err", "- prior @0.1", "- prior @0.2",
-               "share of sup. gain @0.1", "share @0.2"]
+               "share of sup. gain @0.1", "share @0.2", "pose-prior decoding PCK@0.1", "PCK@0.2"]
     lines, prior = [], None
     for key, per_seed in rows.items():
         seeds = sorted(per_seed)
@@ -148,10 +175,10 @@ def format_table(rows: dict, sup: dict | None) -> str:
                       format_cell(*ms("student", "PCK@0.1")), format_cell(*ms("student", "PCK@0.2")),
                       format_cell(*ms("student", "px err"), digits=1), format_cell(*gap["PCK@0.1"], sign=True),
                       format_cell(*gap["PCK@0.2"], sign=True), format_cell(share["PCK@0.1"], sign=True),
-                      format_cell(share["PCK@0.2"], sign=True)])
+                      format_cell(share["PCK@0.2"], sign=True), *decoded(runs)])
     if prior is not None:
         lines.append(["mean-pose prior (no model)", "", "", "", "", f"{prior['PCK@0.1']:.3f}", f"{prior['PCK@0.2']:.3f}",
-                      f"{prior['px err']:.1f}", "", "", "", ""])
+                      f"{prior['px err']:.1f}", "", "", "", "", "", ""])
     return markdown_table(headers, lines)
 
 
@@ -175,6 +202,9 @@ def main(argv=None) -> dict:
             if not args.fresh and kept_file.is_file():
                 done = json.loads(kept_file.read_text())
                 if done.get("settings") == record_key:
+                    if "student_pose_prior" not in done and not args.table_only:  # kept before that column
+                        done["student_pose_prior"] = student_pose_prior(key, seed, args, common)
+                        write_json(kept_file, done)
                     rows.setdefault(key, {})[seed] = done
                     print(f"{ROWS[key][0]} (seed {seed}): kept from {kept_file.name}", flush=True)
                     continue

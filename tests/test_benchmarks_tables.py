@@ -321,10 +321,11 @@ def test_self_training_quick_run_keeps_each_seed(tiny_root, tmp_path, capsys):
     out = bench.main(args)
     kept = tmp_path / "results" / "runs" / "self_training" / "prior-seed0.json"
     record = json.loads(kept.read_text())
-    assert {"teacher", "student", "prior", "pseudo", "timing", "settings"} <= set(record)
+    assert {"teacher", "student", "prior", "pseudo", "timing", "settings", "student_pose_prior"} <= set(record)
     assert 0 < record["pseudo"]["kept"] < record["pseudo"]["present"]
+    assert 0.0 <= record["student_pose_prior"]["PCK@0.2"] <= 1.0
     assert (tmp_path / "runs" / "prior" / "seed0" / "pseudo_train.json").is_file()
-    assert "| teacher synth-cpu-part + pose-prior attention -> Sup-only student | 0 |" in out["table"]
+    assert "| synth-cpu-best: teacher synth-cpu-part + pose-prior attention -> Sup-only student | 0 |" in out["table"]
     assert "mean-pose prior (no model)" in out["table"]
     capsys.readouterr()
     bench.main(args[:-len(tiny) - 1] + ["--seeds", "0", "1", "--table-only", "--set", *tiny])
