@@ -96,7 +96,8 @@ def run_seed(key: str, seed: int, args, common: list[str], log=print) -> dict:
         pcfg = load_config("synth-cpu-part", common + ROWS[key][1] + [f"seed={seed}"])
         pcfg.data.val_ann, pcfg.data.val_img = pcfg.data.train_ann, pcfg.data.train_img
         _, crops = build_datasets(pcfg, train=False)
-        ann, stats = pseudo_label(teacher, crops, args.top, pcfg.data.eval_batch_size, pcfg.data.flip_test)
+        ann, stats = pseudo_label(teacher, crops, args.top, pcfg.data.eval_batch_size, pcfg.data.flip_test,
+                                  gate=args.gate)
         write_results(pseudo_file, {**ann, "lofr_pseudo_label": stats})
     pseudo = json.loads(pseudo_file.read_text())
     stats = pseudo.get("lofr_pseudo_label", {})
@@ -186,6 +187,9 @@ def main(argv=None) -> dict:
     p = training_parser(__doc__, "self_training")
     p.add_argument("--rows", nargs="+", default=["prior"], choices=list(ROWS))
     p.add_argument("--top", type=float, default=0.25, help="per joint, the fraction of present instances kept (0.25)")
+    p.add_argument("--gate", type=float, default=0.0,
+                   help="pose-plausibility gate of the pseudo-labels in standard deviations (lofr.selftrain.plausible; "
+                        "0 = off)")
     args = p.parse_args(argv)
     if args.checkpoint_dir or args.config != "synth-cpu":
         p.error("self_training.py trains its own teacher (synth-cpu-part) and student (synth-cpu): "
@@ -197,7 +201,7 @@ def main(argv=None) -> dict:
     for key in args.rows:
         for seed in args.seeds:
             record_key = {"teacher": common + ROWS[key][1], "student": common + STUDENT + STUDENT_EXTRA.get(key, []),
-                          "top": args.top}
+                          "top": args.top, **({"gate": args.gate} if args.gate else {})}
             kept_file = kept / f"{key}-seed{seed}.json"
             if not args.fresh and kept_file.is_file():
                 done = json.loads(kept_file.read_text())
@@ -220,7 +224,7 @@ def main(argv=None) -> dict:
     sup = supervised(args.results_dir) if not args.data_root else None
     table = format_table(rows, sup)
     notes = ("Teacher: `lofr train --config synth-cpu-part` + the row's overrides (image-level labels only). Pseudo: "
-             f"`lofr pseudo-label --top {args.top:g}` (lofr/selftrain.py). Student: `lofr train --config synth-cpu "
+             f"`lofr pseudo-label --top {args.top:g}{f' --gate {args.gate:g}' if args.gate else ''}` (lofr/selftrain.py). Student: `lofr train --config synth-cpu "
              "model=sup-only data.labelled_fraction=1.0 loss.mse=1.0 data.train_ann=<pseudo>`, instances with no kept "
              "joint left out by the dataset (so fewer steps than synth-cpu's 1224). \"pseudo PCK\": the kept "
              "pseudo-locations against the annotated ones (a diagnostic; nothing trains on it). \"- prior\": the "
@@ -235,7 +239,7 @@ def main(argv=None) -> dict:
     metrics = {k: {str(s): v for s, v in r.items()} for k, r in rows.items()}
     return finish("self_training", "Self-training a heatmap student on a weak teacher's confident peaks",
                   "benchmarks/self_training.py", argv, args, t_start, table, notes=notes,
-                  rows_per_seed=metrics, top=args.top, metrics=list(METRICS))
+                  rows_per_seed=metrics, top=args.top, gate=args.gate, metrics=list(METRICS))
 
 
 if __name__ == "__main__":

@@ -137,8 +137,10 @@ def _cmd_pseudo_label(args: argparse.Namespace) -> int:
     if args.data:
         cfg.data.root = args.data
     crops = training_crops(cfg)  # un-augmented; a student's: the annotations its pseudo-labels came from
+    if args.gate < 0:
+        raise UsageError(f"--gate must be >= 0 (0 = off), got {args.gate}")
     ann, stats = pseudo_label(model, crops, args.top, cfg.data.eval_batch_size, cfg.data.flip_test,
-                              device=args.device, progress=not args.quiet)
+                              device=args.device, progress=not args.quiet, gate=args.gate)
     write_results(args.out, ann)  # atomically, as any JSON
     print(f"{stats['kept']} of {stats['present']} present joints kept (the top {args.top:g} per joint by the "
           f"teacher's score) in {stats['instances']} instances of {crops.ann_file}")
@@ -229,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", required=True, help="the annotation JSON to write")
     pl.add_argument("--top", type=float, default=0.25,
                     help="per joint, the fraction of present instances kept, by score (default 0.25)")
+    pl.add_argument("--gate", type=float, default=0.0,
+                    help="only keypoints within GATE standard deviations of their joint's mean training position "
+                         "are candidates (a pose-plausibility gate; default 0 = off)")
     pl.add_argument("--data", default=None, help="dataset root (default: the one in the checkpoint's config)")
     pl.add_argument("--device", default="cpu")
     pl.add_argument("--quiet", action="store_true")

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-__all__ = ["select_confident", "pseudo_label", "training_crops", "teacher_config", "student_config", "self_train"]
+__all__ = ["select_confident", "plausible", "pseudo_label", "training_crops", "teacher_config", "student_config", "self_train"]
 
 
 def select_confident(scores: np.ndarray, present: np.ndarray, top_fraction: float) -> np.ndarray:
@@ -64,12 +64,30 @@ def select_confident(scores: np.ndarray, present: np.ndarray, top_fraction: floa
     return keep
 
 
+def plausible(xy: np.ndarray, mean: np.ndarray, std: np.ndarray, max_z: float) -> np.ndarray:
+    """xy (N, C, 2) keypoints in crop pixels, mean / std (C, 2) of each joint's position over the training
+    poses (``lofr.data.topdown.location_prior``) -> (N, C) bool: the (diagonal) Mahalanobis distance
+    sqrt(sum_axes ((xy - mean) / std)^2) is at most ``max_z``. A joint without statistics (NaN) is plausible
+    anywhere; ``max_z`` <= 0 switches the gate off (all True)."""
+    xy, mean, std = np.asarray(xy, dtype=np.float64), np.asarray(mean, dtype=np.float64), np.asarray(std, np.float64)
+    if max_z <= 0:
+        return np.ones(xy.shape[:2], dtype=bool)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = np.sqrt((((xy - mean) / std) ** 2).sum(-1))  # (N, C)
+    return ~(z > max_z)  # NaN (no statistics) -> True
+
+
 @torch.no_grad()
 def pseudo_label(model: torch.nn.Module, dataset, top_fraction: float = 0.25, batch_size: int = 128,
-                 flip_test: bool = True, device=None, progress: bool = False) -> tuple[dict, dict]:
+                 flip_test: bool = True, device=None, progress: bool = False, gate: float = 0.0) -> tuple[dict, dict]:
     """The teacher ``model``'s pseudo-locations for the eval-mode TopDownDataset ``dataset`` (the
     training annotations, un-augmented crops) -> (a copy of its COCO annotation dict with every
     annotation's ``keypoints`` / ``num_keypoints`` replaced, stats).
+
+    gate > 0: a pose-plausibility gate before the selection — a keypoint whose crop position is more than
+    ``gate`` standard deviations (:func:`plausible`) from its joint's mean over the training poses
+    (``location_prior`` of ``dataset``: locations without their images, what the mean-pose prior uses) is
+    not a candidate; the top fraction is then taken among the plausible ones.
 
     Kept joints (:func:`select_confident` over the image-level labels) hold the teacher's keypoint in
     image coordinates with v = 2; the rest are 0, 0, 0. Annotations the dataset excluded (crowd, no
@@ -89,7 +107,16 @@ def pseudo_label(model: torch.nn.Module, dataset, top_fraction: float = 0.25, ba
     scores = np.stack([r["scores"] for r in records]) if records else np.zeros((0, k))
     present = np.stack([np.asarray(by_id[r["ann_id"]]["keypoints"]).reshape(-1, 3)[:, 2] > 0 for r in records]) \
         if records else np.zeros((0, k), dtype=bool)
-    keep = select_confident(scores, present, top_fraction)
+    candidates = present
+    if gate > 0 and records:
+        from lofr.data.topdown import location_prior
+        from lofr.data.transforms import affine_points, crop_affine
+
+        mean, std = location_prior(dataset)
+        xy = np.stack([affine_points(r["keypoints"], crop_affine(rec.center, rec.scale, 0.0, dataset.input_size))
+                       for r, rec in zip(records, dataset.records)])  # (N, C, 2) crop pixels, eval-mode crops
+        candidates = present & plausible(xy, mean, std, gate)
+    keep = select_confident(scores, candidates, top_fraction)
     predicted = {r["ann_id"]: (r["keypoints"], keep[i]) for i, r in enumerate(records)}
     for a in ann["annotations"]:
         new = np.zeros((k, 3))
@@ -98,8 +125,9 @@ def pseudo_label(model: torch.nn.Module, dataset, top_fraction: float = 0.25, ba
             new[kp, :2], new[kp, 2] = xy[kp], 2
         a["keypoints"] = [round(float(v), 2) for v in new.reshape(-1)]
         a["num_keypoints"] = int((new[:, 2] > 0).sum())
-    stats = {"instances": len(records), "present": int(present.sum()), "kept": int(keep.sum()),
-             "top_fraction": top_fraction, "source": str(Path(dataset.ann_file).resolve())}
+    stats = {"instances": len(records), "present": int(present.sum()), "plausible": int(candidates.sum()),
+             "kept": int(keep.sum()), "top_fraction": top_fraction, "gate": gate,
+             "source": str(Path(dataset.ann_file).resolve())}
     ann["lofr_pseudo_label"] = stats
     return ann, stats
 
@@ -132,6 +160,7 @@ def teacher_config(cfg):
 
     t = copy.deepcopy(cfg)
     t.self_train = SelfTrainConfig()
+    t.name = f"{cfg.name}-teacher"
     return t.check()
 
 
@@ -216,7 +245,7 @@ def self_train(cfg, out_dir, resume: bool = False, progress: bool = True, overwr
             model, mcfg = load_model(result["last"])
             crops = crops or training_crops(tcfg)
             ann, _ = pseudo_label(model, crops, cfg.self_train.top, tcfg.data.eval_batch_size, tcfg.data.flip_test,
-                                  progress=progress)
+                                  progress=progress, gate=cfg.self_train.gate)
             folder.mkdir(parents=True, exist_ok=True)
             write_results(pseudo_file, ann)  # atomically
         stats = json.loads(pseudo_file.read_text()).get("lofr_pseudo_label", {})
@@ -224,7 +253,8 @@ def self_train(cfg, out_dir, resume: bool = False, progress: bool = True, overwr
             print(f"self-training: round {k}: {stats.get('kept')} of {stats.get('present')} present joints kept "
                   f"(top {cfg.self_train.top:g} per joint)", flush=True)
         result = stage(student_config(cfg, pseudo_file), folder / "student", f"student {k}")
-        stages[-1]["pseudo"] = {key: stats.get(key) for key in ("instances", "present", "kept", "top_fraction")}
+        stages[-1]["pseudo"] = {key: stats.get(key) for key in ("instances", "present", "plausible", "kept",
+                                                                "top_fraction", "gate")}
     load_checkpoint(result["last"])  # a readable checkpoint before it becomes the run's
     _copy_atomic(Path(result["last"]), out_dir / "last.pt")
     write_results(out_dir / "self_train.json", {"rounds": cfg.self_train.rounds, "stages": stages})

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lofr.cli import main
-from lofr.selftrain import select_confident
+from lofr.selftrain import plausible, select_confident
 
 TINY = ["data.workers=0", "arch.d_model=32", "arch.nhead=2", "arch.enc_layers=1", "arch.dec_layers=1",
         "arch.dim_ff=64", "optim.batch_size=8", "optim.epochs=1", "optim.warmup_steps=1", "max_steps=2",
@@ -29,6 +29,14 @@ def test_select_confident_hand_case():
         select_confident(scores, present, 1.5)
     with pytest.raises(ValueError, match="both be"):
         select_confident(scores, present[:, :1], 0.5)
+
+
+def test_plausible_hand_case():
+    mean, std = np.array([[10.0, 20.0], [np.nan, np.nan]]), np.array([[2.0, 4.0], [np.nan, np.nan]])
+    # joint 0: (12, 20) is 1 std off in x -> z 1; (13, 24) -> sqrt(1.5^2 + 1^2) = 1.80; joint 1: no statistics
+    xy = np.array([[[12.0, 20.0], [0.0, 0.0]], [[13.0, 24.0], [99.0, 99.0]]])
+    assert plausible(xy, mean, std, 1.0).tolist() == [[True, True], [False, True]]
+    assert plausible(xy, mean, std, 1.9).all() and plausible(xy, mean, std, 0.0).all()  # 0 = off
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +92,13 @@ def test_pseudo_label_command_writes_annotations_and_rejects_a_bad_fraction(teac
     assert main(["pseudo-label", "--checkpoint", str(teacher), "--out", str(out), "--top", "0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("lofr pseudo-label: error: --top must be in (0, 1]") and len(err.strip().splitlines()) == 1
+    # the plausibility gate: candidates only near their joint's mean training position, so fewer are kept
+    gated = tmp_path / "gated.json"
+    assert main(["pseudo-label", "--checkpoint", str(teacher), "--out", str(gated), "--top", "1", "--gate", "0.5",
+                 "--quiet"]) == 0
+    meta = json.loads(gated.read_text())["lofr_pseudo_label"]
+    assert meta["gate"] == 0.5 and meta["kept"] == meta["plausible"] < meta["present"]
+    assert main(["pseudo-label", "--checkpoint", str(teacher), "--out", str(gated), "--gate", "-1"]) == 2
 
 
 def test_synth_cpu_best_is_the_self_training_benchmarks_prior_row(tmp_path):

@@ -134,7 +134,8 @@ class OptimConfig:
 class SelfTrainConfig:
     """Self-training (``lofr.selftrain``; not in the paper). ``rounds`` = 0: off (one model, as usual).
     ``rounds`` = r >= 1: the run's model is a *teacher* trained as configured; it labels the training crops
-    (per joint, the ``top`` fraction of the instances labelled present keep its keypoint) and a *student* is
+    (per joint, the ``top`` fraction of the instances labelled present keep its keypoint; with ``gate`` > 0 only
+    among those within ``gate`` standard deviations of the joint's mean training position) and a *student* is
     trained on those pseudo-locations with the config ``student`` (a shipped name or a YAML path) plus the
     ``student_set`` overrides; with r >= 2 each student teaches the next. The teacher's seed, device, amp
     and dataset (data.root, image folders, val annotations, schema, SynthPose sizes) carry over to the
@@ -142,6 +143,7 @@ class SelfTrainConfig:
 
     rounds: int = 0
     top: float = 0.25
+    gate: float = 0.0
     student: str = "synth-cpu"
     student_set: list[str] = field(default_factory=lambda: ["model=sup-only", "data.labelled_fraction=1.0",
                                                             "loss.mse=1.0"])
@@ -230,8 +232,9 @@ class TrainConfig:
         if self.amp not in ("auto", "bf16", "fp16", "off"):
             raise ConfigError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {self.amp!r}")
         st = self.self_train
-        if st.rounds < 0 or not 0.0 < st.top <= 1.0:
-            raise ConfigError(f"self_train: rounds >= 0 and 0 < top <= 1 needed (got {st.rounds}, {st.top})")
+        if st.rounds < 0 or not 0.0 < st.top <= 1.0 or st.gate < 0:
+            raise ConfigError(f"self_train: rounds >= 0, 0 < top <= 1 and gate >= 0 needed "
+                              f"(got {st.rounds}, {st.top}, {st.gate})")
         lofr_config(self)  # arch keys and values
         return self
 
