@@ -392,9 +392,11 @@ def finish(name: str, title: str, script: str, argv, args, t_start: float, table
     if trained and isinstance(rows, dict):  # a partial table (--table-only, or a run stopped) says what it lacks
         short = {k: sorted(int(x) for x in r["per_seed"]) for k, r in rows.items()
                  if {int(x) for x in r["per_seed"]} != set(seeds)}
-        if short or getattr(args, "table_only", False):
-            state = "; ".join(f"{k}: seeds {v}" for k, v in short.items()) or "every row has every seed"
+        if short:
+            state = "; ".join(f"{k}: seeds {v}" for k, v in short.items())
             seed_note += f" **State: partial** (built from the kept runs) — {state}."
+        elif getattr(args, "table_only", False):
+            seed_note += " **State: complete** (built from the kept runs: every row has every seed)."
     device = "cuda" if torch.cuda.is_available() else "cpu"  # the GPU's name too, where there is one
     out = {"command": command_line(script, argv), "commit": git_commit(), "machine": machine_info(device),
            "wall_s": round(time.perf_counter() - t_start, 1), "config": args.config, "seeds": seeds,

@@ -249,9 +249,11 @@ def main(argv=None) -> dict:
         table += f"\n\nmean ± sample std over seeds {args.seeds} (the prior has no seed)"
     short = {k: v for k, v in seeds_of.items() if sorted(v) != sorted(args.seeds)}
     missing = [k for k in args.models if k not in seeds_of]
-    if short or missing or args.table_only:
+    if short or missing:
         state = "; ".join([f"{k}: seeds {sorted(v)}" for k, v in short.items()] + [f"{k}: none" for k in missing])
-        table += f"\n\n**State: partial** (built from the kept runs) — {state or 'every row has every seed'}."
+        table += f"\n\n**State: partial** (built from the kept runs) — {state}."
+    elif args.table_only:
+        table += "\n\n**State: complete** (built from the kept runs: every row has every seed)."
     gains = {k: recovered_gain(rows, k) for k in ("lofr", "baseline", "cam", "plain_cam") if k in rows} \
         if "sup" in rows else {}
     machine = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,

@@ -124,10 +124,12 @@ def orderings(rows: dict, fractions) -> list[dict]:
     return out
 
 
-def location_free_row(results_dir) -> dict | None:
-    """The location-free recipe (``synth-cpu-part``) as the 0 % column, from ``best_recipe.json`` (its
-    "default" row) when that file is there: measured by ``benchmarks/best_recipe.py``, not trained here."""
-    path = Path(results_dir) / "best_recipe.json"
+def location_free_row(results_dir, results_name: str = "table4_semi_weak") -> dict | None:
+    """The location-free recipe (``synth-cpu-part``) as the 0 % column, from ``best_recipe<suffix>.json`` (its
+    "default" row; the suffix is this table's, e.g. ``_synth2``, so a second dataset's table reads that
+    dataset's runs) when that file is there: measured by ``benchmarks/best_recipe.py``, not trained here."""
+    suffix = results_name[len("table4_semi_weak"):] if results_name.startswith("table4_semi_weak") else ""
+    path = Path(results_dir) / f"best_recipe{suffix}.json"
     if not path.is_file():
         return None
     res = json.loads(path.read_text())
@@ -135,7 +137,7 @@ def location_free_row(results_dir) -> dict | None:
     if not row:
         return None
     return {"mean": row["mean"], "std": row["std"], "seeds": sorted(row["per_seed"]), "config": res.get("config"),
-            "command": res.get("command")}
+            "command": res.get("command"), "file": path.name}
 
 
 NOTES = """\
@@ -161,9 +163,9 @@ def main(argv=None) -> dict:
     budget_note = ("Sup-only budget: as many optimiser steps as LOFR-WS (its epochs scaled by 1/f)."
                    if args.sup_budget == "steps" else "Sup-only budget: the config's epochs over its labelled "
                                                       "instances (fewer steps than LOFR-WS).")
-    free = None if args.quick else location_free_row(args.results_dir)
+    free = None if args.quick else location_free_row(args.results_dir, args.results_name or "table4_semi_weak")
     free_note = (f"0 % = the location-free recipe, `lofr train --config {free['config']}` (no location term; seeds "
-                 f"{', '.join(free['seeds'])}), read from best_recipe.json, not trained here: its own regime (whole "
+                 f"{', '.join(free['seeds'])}), read from {free['file']}, not trained here: its own regime (whole "
                  "backbone frozen, 1224 steps at a constant lr)." if free else "")
     claims = orderings(rows, args.fractions)
     table = format_table(rows, args.fractions, free) + "\n\n**The paper's orderings on these rows**\n\n" + \
