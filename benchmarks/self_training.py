@@ -30,6 +30,7 @@ Writes ``benchmarks/results/self_training.{json,md}``.
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 import time
@@ -78,7 +79,7 @@ def run_seed(key: str, seed: int, args, common: list[str], log=print) -> dict:
     from lofr.engine.feature_cache import eval_crops
     from lofr.engine.trainer import build_datasets, evaluate, load_model
     from lofr.eval.coco import write_results
-    from lofr.selftrain import pseudo_label
+    from lofr.selftrain import pseudo_label, training_crops
 
     folder = Path(args.runs_dir) / key / f"seed{seed}"
     timing = {}
@@ -93,12 +94,9 @@ def run_seed(key: str, seed: int, args, common: list[str], log=print) -> dict:
     train_ds, val_ds = build_datasets(tcfg)
     truth_file = train_ds.ann_file
     if args.fresh or not pseudo_file.is_file():
-        pcfg = load_config("synth-cpu-part", common + ROWS[key][1] + [f"seed={seed}"])
-        pcfg.data.val_ann, pcfg.data.val_img = pcfg.data.train_ann, pcfg.data.train_img
-        _, crops = build_datasets(pcfg, train=False)
-        ann, stats = pseudo_label(teacher, crops, args.top, pcfg.data.eval_batch_size, pcfg.data.flip_test,
-                                  gate=args.gate)
-        write_results(pseudo_file, {**ann, "lofr_pseudo_label": stats})
+        ann, _ = pseudo_label(teacher, training_crops(tcfg), args.top, tcfg.data.eval_batch_size, tcfg.data.flip_test,
+                              gate=args.gate)
+        write_results(pseudo_file, ann)  # its "lofr_pseudo_label": the counts, gate and source
     pseudo = json.loads(pseudo_file.read_text())
     stats = pseudo.get("lofr_pseudo_label", {})
     timing["pseudo_s"] = round(time.perf_counter() - t0, 1)
@@ -114,11 +112,11 @@ def run_seed(key: str, seed: int, args, common: list[str], log=print) -> dict:
     student, scfg = load_model(res["last"])
     timing.update(student_s=round(time.perf_counter() - t0, 1), student_steps=res["step"])
     s_train, s_val = build_datasets(scfg)
-    student_report = evaluate(student, eval_crops(scfg, student, s_train, s_val), scfg.data.eval_batch_size,
-                              scfg.data.flip_test)
+    s_crops = eval_crops(scfg, student, s_train, s_val)
+    student_report = evaluate(student, s_crops, scfg.data.eval_batch_size, scfg.data.flip_test)
     out = {"teacher": metrics_of(teacher_report), "student": metrics_of(student_report),
            "prior": metrics_of(teacher_report.prior), "pseudo": {**stats, **pseudo_accuracy(pseudo, truth_file)},
-           "timing": timing, "student_pose_prior": student_pose_prior(key, seed, args, common)}
+           "timing": timing, "student_pose_prior": decode_with_pose_prior(student, scfg, s_crops, train_ds)}
     s = out["student"]
     log(f"{ROWS[key][0]} (seed {seed}): student PCK@0.1 {s['PCK@0.1']:.3f}  PCK@0.2 {s['PCK@0.2']:.3f}  "
         f"px err {s['px err']:.1f}; teacher {out['teacher']['PCK@0.1']:.3f} / {out['teacher']['PCK@0.2']:.3f}; "
@@ -126,21 +124,29 @@ def run_seed(key: str, seed: int, args, common: list[str], log=print) -> dict:
     return out
 
 
+def decode_with_pose_prior(student, scfg, crops, poses) -> dict:
+    """``student`` on its val ``crops`` decoded jointly with a pose model of the training set ``poses``
+    (``decode=pose_prior``, ``lofr.eval.pose_prior``: the locations of the ORIGINAL training annotations, without
+    their images — the information the mean-pose prior uses; not the student's pseudo-labels)."""
+    from lofr.engine.trainer import evaluate, pose_prior_for
+
+    scfg = copy.deepcopy(scfg)
+    scfg.decode = "pose_prior"
+    return metrics_of(evaluate(student, crops, scfg.data.eval_batch_size, scfg.data.flip_test,
+                               pose_prior=pose_prior_for(scfg, poses)))
+
+
 def student_pose_prior(key: str, seed: int, args, common: list[str]) -> dict:
-    """The (row, seed)'s student decoded jointly with a pose model of the training poses (``decode=pose_prior``,
-    ``lofr.eval.pose_prior``: the locations of the ORIGINAL training annotations, without their images — the
-    information the mean-pose prior uses), on the same val crops. Needs the student's ``last.pt`` in --runs-dir."""
+    """:func:`decode_with_pose_prior` for a kept (row, seed) from before that column: its student's ``last.pt``
+    in --runs-dir, the teacher config's training set as the poses."""
     from lofr.engine.config import load_config
     from lofr.engine.feature_cache import eval_crops
-    from lofr.engine.trainer import build_datasets, evaluate, load_model, pose_prior_for
+    from lofr.engine.trainer import build_datasets, load_model
 
     student, scfg = load_model(Path(args.runs_dir) / key / f"seed{seed}" / "student" / "last.pt")
     poses = build_datasets(load_config("synth-cpu-part", common + ROWS[key][1] + [f"seed={seed}"]), val=False)[0]
-    scfg.decode = "pose_prior"
     s_train, s_val = build_datasets(scfg)
-    report = evaluate(student, eval_crops(scfg, student, s_train, s_val), scfg.data.eval_batch_size,
-                      scfg.data.flip_test, pose_prior=pose_prior_for(scfg, poses))
-    return metrics_of(report)
+    return decode_with_pose_prior(student, scfg, eval_crops(scfg, student, s_train, s_val), poses)
 
 
 def decoded(runs: list[dict]) -> list[str]:

@@ -34,6 +34,7 @@ import copy
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -226,7 +227,7 @@ def self_train(cfg, out_dir, resume: bool = False, progress: bool = True, overwr
 
     def stage(c, folder: Path, label: str) -> dict:
         if progress:
-            print(f"self-training: {label} -> {folder}", flush=True)
+            print(f"self-training: {label} -> {folder}", file=sys.stderr, flush=True)
         again = resume and (folder / "last.pt").is_file()
         res = train(c, folder, resume=again, progress=progress, overwrite=overwrite)
         final = res["history"][-1] if res["history"] else {}
@@ -242,7 +243,7 @@ def self_train(cfg, out_dir, resume: bool = False, progress: bool = True, overwr
         folder = out_dir / f"round{k}"
         pseudo_file = folder / "pseudo_train.json"
         if overwrite or not resume or not pseudo_file.is_file():
-            model, mcfg = load_model(result["last"])
+            model, _ = load_model(result["last"])
             crops = crops or training_crops(tcfg)
             ann, _ = pseudo_label(model, crops, cfg.self_train.top, tcfg.data.eval_batch_size, tcfg.data.flip_test,
                                   progress=progress, gate=cfg.self_train.gate)
@@ -251,7 +252,7 @@ def self_train(cfg, out_dir, resume: bool = False, progress: bool = True, overwr
         stats = json.loads(pseudo_file.read_text()).get("lofr_pseudo_label", {})
         if progress:
             print(f"self-training: round {k}: {stats.get('kept')} of {stats.get('present')} present joints kept "
-                  f"(top {cfg.self_train.top:g} per joint)", flush=True)
+                  f"(top {cfg.self_train.top:g} per joint)", file=sys.stderr, flush=True)
         result = stage(student_config(cfg, pseudo_file), folder / "student", f"student {k}")
         stages[-1]["pseudo"] = {key: stats.get(key) for key in ("instances", "present", "plausible", "kept",
                                                                 "top_fraction", "gate")}
