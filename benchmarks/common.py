@@ -379,6 +379,21 @@ def train_seconds(row: dict) -> str:
 
 
 
+def state_note(seeds_of: dict, seeds, rows, table_only: bool = False) -> str:
+    """What a table built from kept runs lacks: seeds_of {row: the seeds it has}, against ``seeds`` for every
+    row of ``rows`` -> "**State: partial** ... — row: seeds [..]; row: none.", "**State: complete** ..." for a
+    complete table rebuilt with --table-only, else ""."""
+    want = {int(x) for x in seeds}
+    short = {k: sorted(int(x) for x in v) for k, v in seeds_of.items() if {int(x) for x in v} != want}
+    missing = [k for k in rows if k not in seeds_of]
+    if short or missing:
+        state = "; ".join([f"{k}: seeds {v}" for k, v in short.items()] + [f"{k}: none" for k in missing])
+        return f"**State: partial** (built from the kept runs) — {state}."
+    if table_only:
+        return "**State: complete** (built from the kept runs: every row has every seed)."
+    return ""
+
+
 def finish(name: str, title: str, script: str, argv, args, t_start: float, table: str, notes: str = "",
            trained: bool = True, **extra) -> dict:
     """Assemble the result (command, commit, machine, wall time, config, seeds, table + ``extra``),
@@ -390,13 +405,8 @@ def finish(name: str, title: str, script: str, argv, args, t_start: float, table
                  f"Seeds {seeds}: every cell is the mean ± sample std over them.") if trained else ""
     rows = extra.get("rows")
     if trained and isinstance(rows, dict):  # a partial table (--table-only, or a run stopped) says what it lacks
-        short = {k: sorted(int(x) for x in r["per_seed"]) for k, r in rows.items()
-                 if {int(x) for x in r["per_seed"]} != set(seeds)}
-        if short:
-            state = "; ".join(f"{k}: seeds {v}" for k, v in short.items())
-            seed_note += f" **State: partial** (built from the kept runs) — {state}."
-        elif getattr(args, "table_only", False):
-            seed_note += " **State: complete** (built from the kept runs: every row has every seed)."
+        seed_note = (seed_note + " " + state_note({k: r["per_seed"] for k, r in rows.items()}, seeds, rows,
+                                                  getattr(args, "table_only", False))).strip()
     device = "cuda" if torch.cuda.is_available() else "cpu"  # the GPU's name too, where there is one
     out = {"command": command_line(script, argv), "commit": git_commit(), "machine": machine_info(device),
            "wall_s": round(time.perf_counter() - t_start, 1), "config": args.config, "seeds": seeds,

@@ -41,7 +41,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from best_recipe import supervised  # noqa: E402
 from common import (METRICS, begin, finish, format_cell, git_commit, kept_dir, markdown_table, mean_std,  # noqa: E402
-                    metrics_of, train_or_resume, training_parser, write_json)
+                    metrics_of, state_note, train_or_resume, training_parser, write_json)
 
 ROWS = {
     "prior": ("synth-cpu-best: teacher synth-cpu-part + pose-prior attention -> Sup-only student",
@@ -237,11 +237,8 @@ def main(argv=None) -> dict:
              "student's PCK minus the mean-pose prior's on the same crops, mean ± std over seeds; share of the "
              "supervised gain: (PCK - PCK_prior) / (PCK_sup - PCK_prior), Sup-only from synth_claim.json (SynthPose val "
              "only).")
-    short = {k: sorted(r) for k, r in rows.items() if set(r) != set(args.seeds)}
-    missing = [k for k in args.rows if k not in rows]
-    if short or missing:
-        state = "; ".join([f"{k}: seeds {v}" for k, v in short.items()] + [f"{k}: none" for k in missing])
-        notes += f"\n\n**State: partial** (built from the kept runs) — {state}."
+    state = state_note(rows, args.seeds, args.rows, args.table_only)
+    notes += f"\n\n{state}" if state else ""
     metrics = {k: {str(s): v for s, v in r.items()} for k, r in rows.items()}
     return finish("self_training", "Self-training a heatmap student on a weak teacher's confident peaks",
                   "benchmarks/self_training.py", argv, args, t_start, table, notes=notes,

@@ -47,7 +47,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import format_cell, git_commit, mean_std, train_or_resume, write_json  # noqa: E402
+from common import format_cell, git_commit, mean_std, state_note, train_or_resume, write_json  # noqa: E402
 MODELS = {  # row key -> (model overrides, label)
     "baseline": (["model=baseline"], "Baseline"),
     "lofr": (["model=lofr"], "LOFR"),
@@ -247,13 +247,8 @@ def main(argv=None) -> dict:
     table = format_table(rows, timing, stds)
     if len(args.seeds) > 1:
         table += f"\n\nmean ± sample std over seeds {args.seeds} (the prior has no seed)"
-    short = {k: v for k, v in seeds_of.items() if sorted(v) != sorted(args.seeds)}
-    missing = [k for k in args.models if k not in seeds_of]
-    if short or missing:
-        state = "; ".join([f"{k}: seeds {sorted(v)}" for k, v in short.items()] + [f"{k}: none" for k in missing])
-        table += f"\n\n**State: partial** (built from the kept runs) — {state}."
-    elif args.table_only:
-        table += "\n\n**State: complete** (built from the kept runs: every row has every seed)."
+    state = state_note(seeds_of, args.seeds, args.models, args.table_only)
+    table += f"\n\n{state}" if state else ""
     gains = {k: recovered_gain(rows, k) for k in ("lofr", "baseline", "cam", "plain_cam") if k in rows} \
         if "sup" in rows else {}
     machine = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,

@@ -137,12 +137,12 @@ def training_crops(cfg):
     """The eval-mode (un-augmented) crops of ``cfg``'s training annotations, which a teacher labels: when
     those annotations are themselves pseudo-labels (a student teaching again), the file they were made from,
     so every round sees the same instances and image-level labels."""
-    from lofr.engine.sampling import build_datasets
+    from lofr.engine.sampling import build_datasets, pseudo_source
 
     c = copy.deepcopy(cfg)
     c.data.val_ann, c.data.val_img = c.data.train_ann, c.data.train_img
     crops = build_datasets(c, train=False)[1]
-    source = crops.coco.dataset.get("lofr_pseudo_label", {}).get("source")
+    source = pseudo_source(crops)
     if source:
         c.data.val_ann = str(source)
         crops = build_datasets(c, train=False)[1]

@@ -55,6 +55,14 @@ def test_mean_std_and_cells():
     assert common.paired_gain(row, base, "AP") == pytest.approx((0.2, math.sqrt(0.02)))
 
 
+
+def test_state_note_names_what_a_kept_table_lacks():
+    common = load_benchmark("common")
+    assert common.state_note({"a": [0, 1], "b": ["0", "1"]}, [0, 1], ["a", "b"]) == ""  # keys may be JSON strings
+    assert "State: complete" in common.state_note({"a": [1, 0]}, [0, 1], ["a"], table_only=True)
+    note = common.state_note({"a": [0], "b": [0, 1]}, [0, 1], ["a", "b", "c"])
+    assert note.startswith("**State: partial**") and note.endswith("a: seeds [0]; c: none.")
+
 def test_table5_baseline_like_lofr_is_the_baseline():
     """model=lofr with table5's BASE switches builds the Baseline's network and loss weights."""
     import torch

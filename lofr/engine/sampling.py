@@ -18,7 +18,7 @@ from lofr.data.schemas import get_schema
 from lofr.data.topdown import TopDownDataset
 from lofr.engine.config import TrainConfig, lofr_config
 
-__all__ = ["sample_seed", "SeededSamples", "EpochBatches", "build_datasets", "prior_dataset", "output_stride"]
+__all__ = ["sample_seed", "SeededSamples", "EpochBatches", "build_datasets", "pseudo_source", "prior_dataset", "output_stride"]
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -111,11 +111,17 @@ def build_datasets(cfg: TrainConfig, train: bool = True, val: bool = True):
     return train_ds, val_ds
 
 
+def pseudo_source(dataset) -> str | None:
+    """The annotation file a pseudo-label file was made from (``lofr_pseudo_label.source``, written by
+    ``lofr.selftrain.pseudo_label``), or None when ``dataset``'s annotations are not pseudo-labels."""
+    return dataset.coco.dataset.get("lofr_pseudo_label", {}).get("source")
+
+
 def prior_dataset(cfg: TrainConfig, train_ds):
     """The training set whose poses the mean-pose prior (and ``decode="pose_prior"``) are fitted on: ``train_ds``
     itself, unless its annotations are a self-training student's pseudo-labels (``lofr.selftrain``), whose
     locations are a teacher's predictions: then the annotation file they were made from (its ``source``)."""
-    source = train_ds.coco.dataset.get("lofr_pseudo_label", {}).get("source")
+    source = pseudo_source(train_ds)
     if not source:
         return train_ds
     src = copy.deepcopy(cfg)
