@@ -11,14 +11,16 @@ its ``self_train`` section chains the same three, ``tests/test_selftrain.py`` ch
 
 Rows (``--rows``): ``prior`` (teacher = synth-cpu-part + pose-prior attention, ``arch.dec_prior_bias``),
 ``prior-strict`` (the same teacher under the strict label rule, ``data.labels=annotation``), ``prior-2x`` (``prior``
-with twice the epochs for teacher and student: on a set with half the images, the same number of steps). Nothing in the
+with twice the epochs for teacher and student: on a set with half the images, the same number of steps),
+``prior-ens3`` (``prior`` with 3 teachers of seeds s, s + 1000, s + 2000 whose keypoints and scores are averaged:
+``self_train.teachers: 3``; the teacher column is their mean). Nothing in the
 three stages reads an annotated keypoint's position; the table's "pseudo PCK" column does (the kept
 pseudo-locations against the hidden truth, a diagnostic). Each cell is the project's evaluation (SynthPose val
 or ``--data-root``'s val, flip test), with the mean-pose prior on the same crops and the share of the supervised
 gain (Sup-only of ``synth_claim.json``, SynthPose val only).
 
 Stopped and started again it resumes: a finished (row, seed) is kept in ``results/runs/<results-name>/``;
-otherwise each stage continues from what its folder holds (``--runs-dir/<row>/seed<k>/{teacher,student}``:
+otherwise each stage continues from what its folder holds (``--runs-dir/<row>/seed<k>/{teacher,teacher2,..,student}``:
 ``last.pt``, ``pseudo_train.json``).
 
     python benchmarks/self_training.py --seeds 0 1 2                 # ~15 min per seed on one core
@@ -50,7 +52,10 @@ ROWS = {
                                                                        "data.labels=annotation",
                                                                        "data.aug.half_body_prob=0"]),
     "prior-2x": ("the same, twice the epochs for teacher and student", ["arch.dec_prior_bias=true", "optim.epochs=12"]),
+    "prior-ens3": ("the same, 3 teachers (seeds s, s + 1000, s + 2000) label together", ["arch.dec_prior_bias=true"]),
 }
+# rows with an ensemble of teachers (lofr.selftrain: self_train.teachers): their number
+TEACHERS = {"prior-ens3": 3}
 STUDENT = ["model=sup-only", "data.labelled_fraction=1.0", "loss.mse=1.0"]
 # rows whose student differs from STUDENT: their extra overrides
 STUDENT_EXTRA = {"prior-2x": ["optim.epochs=12"]}
@@ -79,14 +84,17 @@ def run_seed(key: str, seed: int, args, common: list[str], log=print) -> dict:
     from lofr.engine.feature_cache import eval_crops
     from lofr.engine.trainer import build_datasets, evaluate, load_model
     from lofr.eval.coco import write_results
-    from lofr.selftrain import pseudo_label, training_crops
+    from lofr.selftrain import TEACHER_SEED_STEP, pseudo_label, teacher_folder, training_crops
 
     folder = Path(args.runs_dir) / key / f"seed{seed}"
     timing = {}
     t0 = time.perf_counter()
-    tcfg = load_config("synth-cpu-part", common + ROWS[key][1] + [f"seed={seed}"])
-    res = train_or_resume(tcfg, folder / "teacher", args.fresh)
-    teacher, tcfg = load_model(res["last"])
+    teachers = []
+    for k in range(TEACHERS.get(key, 1)):  # teacher k: seed + 1000 k (as teacher_config), in folder/teacher, teacher2, ...
+        tcfg = load_config("synth-cpu-part", common + ROWS[key][1] + [f"seed={seed + TEACHER_SEED_STEP * k}"])
+        res = train_or_resume(tcfg, teacher_folder(folder, k), args.fresh)
+        teachers.append(load_model(res["last"]))
+    teacher, tcfg = teachers[0]
     timing["teacher_s"] = round(time.perf_counter() - t0, 1)
 
     t0 = time.perf_counter()
@@ -94,16 +102,17 @@ def run_seed(key: str, seed: int, args, common: list[str], log=print) -> dict:
     train_ds, val_ds = build_datasets(tcfg)
     truth_file = train_ds.ann_file
     if args.fresh or not pseudo_file.is_file():
-        ann, _ = pseudo_label(teacher, training_crops(tcfg), args.top, tcfg.data.eval_batch_size, tcfg.data.flip_test,
-                              gate=args.gate)
+        ann, _ = pseudo_label([m for m, _ in teachers], training_crops(tcfg), args.top, tcfg.data.eval_batch_size,
+                              tcfg.data.flip_test, gate=args.gate)
         write_results(pseudo_file, ann)  # its "lofr_pseudo_label": the counts, gate and source
     pseudo = json.loads(pseudo_file.read_text())
     stats = pseudo.get("lofr_pseudo_label", {})
     timing["pseudo_s"] = round(time.perf_counter() - t0, 1)
 
     prior_pose = mean_pose_prior(train_ds)
-    teacher_report = evaluate(teacher, eval_crops(tcfg, teacher, train_ds, val_ds), tcfg.data.eval_batch_size,
-                              tcfg.data.flip_test, prior_pose=prior_pose)
+    reports = [evaluate(m, eval_crops(c, m, train_ds, val_ds), c.data.eval_batch_size, c.data.flip_test,
+                        prior_pose=prior_pose) for m, c in teachers]
+    teacher_report = reports[0]
 
     t0 = time.perf_counter()
     scfg = load_config("synth-cpu", common + STUDENT + STUDENT_EXTRA.get(key, []) +
@@ -114,7 +123,8 @@ def run_seed(key: str, seed: int, args, common: list[str], log=print) -> dict:
     s_train, s_val = build_datasets(scfg)
     s_crops = eval_crops(scfg, student, s_train, s_val)
     student_report = evaluate(student, s_crops, scfg.data.eval_batch_size, scfg.data.flip_test)
-    out = {"teacher": metrics_of(teacher_report), "student": metrics_of(student_report),
+    each = [metrics_of(r) for r in reports]  # an ensemble's teacher column: the mean of its teachers
+    out = {"teacher": {m: float(np.mean([e[m] for e in each])) for m in each[0]}, "student": metrics_of(student_report),
            "prior": metrics_of(teacher_report.prior), "pseudo": {**stats, **pseudo_accuracy(pseudo, truth_file)},
            "timing": timing, "student_pose_prior": decode_with_pose_prior(student, scfg, s_crops, train_ds)}
     s = out["student"]
@@ -207,7 +217,8 @@ def main(argv=None) -> dict:
     for key in args.rows:
         for seed in args.seeds:
             record_key = {"teacher": common + ROWS[key][1], "student": common + STUDENT + STUDENT_EXTRA.get(key, []),
-                          "top": args.top, **({"gate": args.gate} if args.gate else {})}
+                          "top": args.top, **({"gate": args.gate} if args.gate else {}),
+                          **({"teachers": TEACHERS[key]} if key in TEACHERS else {})}
             kept_file = kept / f"{key}-seed{seed}.json"
             if not args.fresh and kept_file.is_file():
                 done = json.loads(kept_file.read_text())

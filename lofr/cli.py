@@ -5,7 +5,7 @@
     lofr train --config NAME|YAML [key=value ...]     train (torchrun -m lofr.cli train ... for DDP)
     lofr eval --checkpoint CKPT [--flip-test] [--decode pose_prior]   metrics table + COCO results JSON
     lofr predict IMAGE --checkpoint CKPT [--box ...]  draw the skeleton on your own image
-    lofr pseudo-label --checkpoint CKPT --out JSON    a weak model's confident keypoints as training annotations
+    lofr pseudo-label --checkpoint CKPT.. --out JSON  a weak model's confident keypoints as training annotations
     lofr data check ROOT --schema coco|mpii|crowdpose verify a dataset download
 
 Results (tables, summaries) go to stdout; progress bars and log lines to stderr. Exit status: 0 ok;
@@ -133,17 +133,23 @@ def _cmd_pseudo_label(args: argparse.Namespace) -> int:
 
     if not 0.0 < args.top <= 1.0:
         raise UsageError(f"--top must be in (0, 1], got {args.top}")
-    model, cfg = load_model(args.checkpoint, device=args.device)
-    if args.data:
-        cfg.data.root = args.data
-    crops = training_crops(cfg)  # un-augmented; a student's: the annotations its pseudo-labels came from
     if args.gate < 0:
         raise UsageError(f"--gate must be >= 0 (0 = off), got {args.gate}")
-    ann, stats = pseudo_label(model, crops, args.top, cfg.data.eval_batch_size, cfg.data.flip_test,
+    loaded = [load_model(c, device=args.device) for c in args.checkpoint]
+    models, cfg = [m for m, _ in loaded], loaded[0][1]
+    if args.data:
+        cfg.data.root = args.data
+    for c, (_, other) in zip(args.checkpoint[1:], loaded[1:]):
+        if (other.data.root, other.data.train_ann, other.data.schema) != (cfg.data.root, cfg.data.train_ann, cfg.data.schema):
+            raise UsageError(f"{c} was trained on {other.data.train_ann} ({other.data.schema}), "
+                             f"{args.checkpoint[0]} on {cfg.data.train_ann} ({cfg.data.schema}): an ensemble labels one dataset")
+    crops = training_crops(cfg)  # un-augmented; a student's: the annotations its pseudo-labels came from
+    ann, stats = pseudo_label(models, crops, args.top, cfg.data.eval_batch_size, cfg.data.flip_test,
                               device=args.device, progress=not args.quiet, gate=args.gate)
     write_results(args.out, ann)  # atomically, as any JSON
+    who = "teacher's" if len(models) == 1 else f"{len(models)} teachers' mean"
     print(f"{stats['kept']} of {stats['present']} present joints kept (the top {args.top:g} per joint by the "
-          f"teacher's score) in {stats['instances']} instances of {crops.ann_file}")
+          f"{who} score) in {stats['instances']} instances of {crops.ann_file}")
     print(f"pseudo-labelled annotations: {args.out}  (train a student on them: data.train_ann={Path(args.out).resolve()})")
     return 0
 
@@ -227,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("pseudo-label", parents=[common],
                         help="a weak model's most confident keypoints on the training crops, as a COCO annotation file")
-    pl.add_argument("--checkpoint", required=True, help="the teacher (any lofr checkpoint)")
+    pl.add_argument("--checkpoint", required=True, nargs="+",
+                    help="the teacher (any lofr checkpoint); several: an ensemble, their keypoints and scores averaged")
     pl.add_argument("--out", required=True, help="the annotation JSON to write")
     pl.add_argument("--top", type=float, default=0.25,
                     help="per joint, the fraction of present instances kept, by score (default 0.25)")

@@ -161,3 +161,60 @@ def test_lofr_train_self_trains_in_rounds_and_resumes(tiny_root, tmp_path, capsy
     before = {p: p.stat().st_mtime_ns for p in (run / "round1" / "pseudo_train.json", run / "round2" / "student" / "last.pt")}
     assert main(args + ["--resume"]) == 0
     assert {p: p.stat().st_mtime_ns for p in before} == before
+
+
+def test_an_ensemble_labels_with_its_teachers_mean(teacher, tiny_root, tmp_path, capsys):
+    """``pseudo_label`` with several teachers: each joint's keypoint and score are the teachers' means
+    (checked against each teacher alone, every present joint kept), and ``lofr pseudo-label`` takes several
+    checkpoints."""
+    from lofr.data.topdown import TopDownDataset
+    from lofr.engine.trainer import load_model
+    from lofr.selftrain import pseudo_label
+
+    second = tmp_path / "second"
+    assert main(["train", "--config", "synth-cpu", "--data", str(tiny_root), "--out", str(second), "--quiet",
+                 *TINY, "seed=1000"]) == 0
+    (a, cfg), (b, _) = load_model(teacher), load_model(second / "last.pt")
+    crops = TopDownDataset(tiny_root / "annotations" / "person_keypoints_train2017.json", tiny_root / "train2017",
+                           input_size=tuple(cfg.data.input_size))
+
+    def keypoints(ann):
+        return {x["id"]: np.asarray(x["keypoints"]).reshape(-1, 3) for x in ann["annotations"]}
+
+    alone = [keypoints(pseudo_label(m, crops, top_fraction=1.0, batch_size=8)[0]) for m in (a, b)]
+    ens, stats = pseudo_label([a, b], crops, top_fraction=1.0, batch_size=8)
+    assert stats["teachers"] == 2 and stats["kept"] == stats["present"]
+    moved = 0
+    for i, kp in keypoints(ens).items():
+        kept = kp[:, 2] > 0
+        mean = (alone[0][i][kept, :2] + alone[1][i][kept, :2]) / 2
+        assert np.allclose(kp[kept, :2], mean, atol=0.011)  # 2 decimals each
+        moved += int(np.abs(alone[0][i][kept, :2] - alone[1][i][kept, :2]).max(initial=0) > 0.1)
+    assert moved > 0  # the two teachers differ, so the mean is neither
+    out = tmp_path / "ens.json"
+    assert main(["pseudo-label", "--checkpoint", str(teacher), str(second / "last.pt"), "--out", str(out),
+                 "--quiet"]) == 0
+    assert "2 teachers' mean score" in capsys.readouterr().out
+    assert json.loads(out.read_text())["lofr_pseudo_label"]["teachers"] == 2
+
+
+def test_self_train_with_two_teachers(tiny_root, tmp_path):
+    """``self_train.teachers`` = 2: teacher (the run's seed) and teacher2 (seed + 1000) train, both label round 1."""
+    from lofr.engine.config import load_config
+    from lofr.engine.trainer import load_model
+    from lofr.selftrain import teacher_config
+
+    cfg = load_config("synth-cpu-best", ["seed=4"])
+    assert [teacher_config(cfg, k).seed for k in range(3)] == [4, 1004, 2004]
+    assert teacher_config(cfg, 1).self_train.rounds == 0 and teacher_config(cfg, 1).name.endswith("-teacher2")
+    student = ["model=sup-only", "data.labelled_fraction=1.0", "loss.mse=1.0", *TINY]
+    run = tmp_path / "run"
+    assert main(["train", "--config", "synth-cpu", "--data", str(tiny_root), "--out", str(run), "--quiet", *TINY,
+                 "self_train.rounds=1", "self_train.teachers=2", "self_train.top=0.5",
+                 f"self_train.student_set=[{', '.join(student)}]"]) == 0
+    assert load_model(run / "teacher" / "last.pt")[1].seed == 0 and load_model(run / "teacher2" / "last.pt")[1].seed == 1000
+    summary = json.loads((run / "self_train.json").read_text())
+    assert [s["stage"] for s in summary["stages"]] == ["teacher 1 of 2", "teacher 2 of 2", "student 1"]
+    assert summary["stages"][2]["pseudo"]["teachers"] == 2
+    assert main(["train", "--config", "synth-cpu", "--data", str(tiny_root), "--out", str(tmp_path / "bad"),
+                 "self_train.rounds=1", "self_train.teachers=0"]) == 2

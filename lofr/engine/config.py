@@ -139,9 +139,12 @@ class SelfTrainConfig:
     trained on those pseudo-locations with the config ``student`` (a shipped name or a YAML path) plus the
     ``student_set`` overrides; with r >= 2 each student teaches the next. The teacher's seed, device, amp
     and dataset (data.root, image folders, val annotations, schema, SynthPose sizes) carry over to the
-    students; the run's ``last.pt`` is the last student's."""
+    students; the run's ``last.pt`` is the last student's. ``teachers`` = n > 1: n teachers of the same config
+    with seeds seed, seed + 1000, ..., seed + 1000 (n - 1) label the crops together (their keypoints and scores
+    averaged: ``lofr.selftrain.pseudo_label``); later rounds have one teacher, the previous student."""
 
     rounds: int = 0
+    teachers: int = 1
     top: float = 0.25
     gate: float = 0.0
     student: str = "synth-cpu"
@@ -232,9 +235,9 @@ class TrainConfig:
         if self.amp not in ("auto", "bf16", "fp16", "off"):
             raise ConfigError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {self.amp!r}")
         st = self.self_train
-        if st.rounds < 0 or not 0.0 < st.top <= 1.0 or st.gate < 0:
-            raise ConfigError(f"self_train: rounds >= 0, 0 < top <= 1 and gate >= 0 needed "
-                              f"(got {st.rounds}, {st.top}, {st.gate})")
+        if st.rounds < 0 or st.teachers < 1 or not 0.0 < st.top <= 1.0 or st.gate < 0:
+            raise ConfigError(f"self_train: rounds >= 0, teachers >= 1, 0 < top <= 1 and gate >= 0 needed "
+                              f"(got {st.rounds}, {st.teachers}, {st.top}, {st.gate})")
         lofr_config(self)  # arch keys and values
         return self
 
