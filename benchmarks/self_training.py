@@ -53,9 +53,11 @@ ROWS = {
                                                                        "data.aug.half_body_prob=0"]),
     "prior-2x": ("the same, twice the epochs for teacher and student", ["arch.dec_prior_bias=true", "optim.epochs=12"]),
     "prior-ens3": ("the same, 3 teachers (seeds s, s + 1000, s + 2000) label together", ["arch.dec_prior_bias=true"]),
+    "prior-strict-ens3": ("3 teachers under the strict label rule", ["arch.dec_prior_bias=true", "data.labels=annotation",
+                                                                     "data.aug.half_body_prob=0"]),
 }
 # rows with an ensemble of teachers (lofr.selftrain: self_train.teachers): their number
-TEACHERS = {"prior-ens3": 3}
+TEACHERS = {"prior-ens3": 3, "prior-strict-ens3": 3}
 STUDENT = ["model=sup-only", "data.labelled_fraction=1.0", "loss.mse=1.0"]
 # rows whose student differs from STUDENT: their extra overrides
 STUDENT_EXTRA = {"prior-2x": ["optim.epochs=12"]}
