@@ -16,7 +16,7 @@
    images/s and wall time.
 
 ``lofr quickstart --best`` also trains ``synth-cpu-best`` (the best location-free recipe: a LOFR teacher, then a
-heatmap student on its most confident keypoints, ``lofr.selftrain``; ~20 more minutes on 2 cores) into
+heatmap student on its most confident keypoints, ``lofr.selftrain``; ~30 more minutes on 2 cores) into
 ``runs/quickstart/best`` and adds its row. ``lofr quickstart --no-train`` stops after step 3; ``--set key=value`` overrides the training config
 (e.g. ``optim.epochs=2`` for a shorter run).
 """
@@ -63,7 +63,7 @@ BEST = "synth-cpu-best (self-trained)"  # the best location-free recipe's row (-
 # the rows of the main job's table: trained models first, then the prior and the ground-truth check
 TABLE_ORDER = ("LOFR", BEST, "Baseline", "LOFR CAM arg-max", "mean-pose prior", "ground truth (crop and back)")
 BEST_HINT = ("  not in this table: synth-cpu-best, the best location-free recipe (a LOFR teacher, then a heatmap "
-             "student on its confident keypoints), the one above the mean-pose prior; ~20 more minutes on 2 cores: "
+             "student on its confident keypoints), the one above the mean-pose prior; ~30 more minutes on 2 cores: "
              "`lofr quickstart --best`")
 
 

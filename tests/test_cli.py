@@ -82,7 +82,7 @@ def test_quickstart_best_adds_the_self_trained_recipes_row_next_to_lofr(tiny_roo
     table = capsys.readouterr().out.split("trained on image-level labels only:")[1]
     rows = [line.split("  ")[0].strip() for line in table.strip().splitlines()[2:8]]
     assert rows == ["LOFR", BEST, "Baseline", "LOFR CAM arg-max", "mean-pose prior", "ground truth (crop and back)"]
-    assert f"{BEST}: 4 steps" in table and "--best`" not in table  # teacher 2 + student 2; no hint
+    assert f"{BEST}: 8 steps" in table and "--best`" not in table  # 3 teachers x 2 + student 2; no hint
     assert (runs / "best" / "teacher" / "last.pt").is_file() and (runs / "best" / "last.pt").is_file()
 
 

@@ -113,6 +113,7 @@ def test_synth_cpu_best_is_the_self_training_benchmarks_prior_row(tmp_path):
     best = load_config("synth-cpu-best")
     assert best.self_train.rounds == 1 and best.self_train.top == 0.25 and best.loss.mse == 0.0
     assert best.self_train.gate == 1.0  # benchmarks/self_training.py --gate 1 (results/self_training_gate.md)
+    assert best.self_train.teachers == bench.TEACHERS["prior-ens3"]  # results/self_training_ens*.md
 
     def same(a, b):
         a, b = config_dict(a), config_dict(b)
