@@ -13,7 +13,8 @@ Rows (``--rows``): ``prior`` (teacher = synth-cpu-part + pose-prior attention, `
 ``prior-strict`` (the same teacher under the strict label rule, ``data.labels=annotation``), ``prior-2x`` (``prior``
 with twice the epochs for teacher and student: on a set with half the images, the same number of steps),
 ``prior-ens3`` (``prior`` with 3 teachers of seeds s, s + 1000, s + 2000 whose keypoints and scores are averaged:
-``self_train.teachers: 3``; the teacher column is their mean). Nothing in the
+``self_train.teachers: 3``; the teacher column is their mean), ``prior-strict-ens3`` (the same under the
+strict label rule). Nothing in the
 three stages reads an annotated keypoint's position; the table's "pseudo PCK" column does (the kept
 pseudo-locations against the hidden truth, a diagnostic). Each cell is the project's evaluation (SynthPose val
 or ``--data-root``'s val, flip test), with the mean-pose prior on the same crops and the share of the supervised

@@ -137,12 +137,13 @@ def _cmd_pseudo_label(args: argparse.Namespace) -> int:
         raise UsageError(f"--gate must be >= 0 (0 = off), got {args.gate}")
     loaded = [load_model(c, device=args.device) for c in args.checkpoint]
     models, cfg = [m for m, _ in loaded], loaded[0][1]
+    for c, (_, other) in zip(args.checkpoint[1:], loaded[1:]):  # as trained (before --data moves the root)
+        if (other.data.root, other.data.train_ann, other.data.schema) != (cfg.data.root, cfg.data.train_ann, cfg.data.schema):
+            raise UsageError(f"{c} was trained on {other.data.root}/{other.data.train_ann} ({other.data.schema}), "
+                             f"{args.checkpoint[0]} on {cfg.data.root}/{cfg.data.train_ann} ({cfg.data.schema}): "
+                             "an ensemble labels one dataset")
     if args.data:
         cfg.data.root = args.data
-    for c, (_, other) in zip(args.checkpoint[1:], loaded[1:]):
-        if (other.data.root, other.data.train_ann, other.data.schema) != (cfg.data.root, cfg.data.train_ann, cfg.data.schema):
-            raise UsageError(f"{c} was trained on {other.data.train_ann} ({other.data.schema}), "
-                             f"{args.checkpoint[0]} on {cfg.data.train_ann} ({cfg.data.schema}): an ensemble labels one dataset")
     crops = training_crops(cfg)  # un-augmented; a student's: the annotations its pseudo-labels came from
     ann, stats = pseudo_label(models, crops, args.top, cfg.data.eval_batch_size, cfg.data.flip_test,
                               device=args.device, progress=not args.quiet, gate=args.gate)
