@@ -15,8 +15,8 @@
    mean-pose prior and the ground-truth check (ground-truth boxes, flip test), plus the training
    images/s and wall time.
 
-``lofr quickstart --best`` also trains ``synth-cpu-best`` (the best location-free recipe: a LOFR teacher, then a
-heatmap student on its most confident keypoints, ``lofr.selftrain``; ~30 more minutes on 2 cores) into
+``lofr quickstart --best`` also trains ``synth-cpu-best`` (the best location-free recipe: 3 LOFR teachers, then a
+heatmap student on their most confident keypoints, ``lofr.selftrain``; ~40 more minutes: 39 on one core) into
 ``runs/quickstart/best`` and adds its row. ``lofr quickstart --no-train`` stops after step 3; ``--set key=value`` overrides the training config
 (e.g. ``optim.epochs=2`` for a shorter run).
 """
@@ -62,8 +62,8 @@ TRAINED = (("lofr", "LOFR"), ("baseline", "Baseline"))
 BEST = "synth-cpu-best (self-trained)"  # the best location-free recipe's row (--best)
 # the rows of the main job's table: trained models first, then the prior and the ground-truth check
 TABLE_ORDER = ("LOFR", BEST, "Baseline", "LOFR CAM arg-max", "mean-pose prior", "ground truth (crop and back)")
-BEST_HINT = ("  not in this table: synth-cpu-best, the best location-free recipe (a LOFR teacher, then a heatmap "
-             "student on its confident keypoints), the one above the mean-pose prior; ~30 more minutes on 2 cores: "
+BEST_HINT = ("  not in this table: synth-cpu-best, the best location-free recipe (3 LOFR teachers, then a heatmap "
+             "student on their confident keypoints), the one above the mean-pose prior; ~40 more minutes: "
              "`lofr quickstart --best`")
 
 
