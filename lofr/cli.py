@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--quiet", action="store_true")
     q.add_argument("--no-train", action="store_true", help="stop after the reference predictors")
     q.add_argument("--best", action="store_true",
-                   help="also train synth-cpu-best (teacher + self-trained student, ~20 more min on 2 cores) and add its row")
+                   help="also train synth-cpu-best (3 teachers + a self-trained student, ~40 more min) and add its row")
     q.add_argument("--out", default="runs/quickstart", help="where the two runs go (default runs/quickstart)")
     q.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of the synth-cpu config")
     q.set_defaults(func=_cmd_quickstart)

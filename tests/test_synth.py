@@ -162,7 +162,7 @@ def test_deterministic_across_runs_and_workers(tmp_path, small):
     generate(b, n_train=12, n_val=4, seed=11, workers=2, progress=False)
     generate(c, n_train=12, n_val=4, seed=12, workers=2, progress=False)
     fa, fb, fc = _all_bytes(a), _all_bytes(b), _all_bytes(c)
-    assert fa.keys() == fb.keys() and len(fa) == 2 + 16
+    assert fa.keys() == fb.keys() and len(fa) == 2 + 16 + 1  # annotations, images, the stamp
     assert fa == fb
     key = "annotations/person_keypoints_train2017.json"
     assert fa[key] != fc[key]
@@ -384,6 +384,20 @@ def test_ensure_synthpose_caches_and_regenerates(tmp_path, monkeypatch):
     assert len(calls) == 3  # damaged -> regenerated
     assert (root / "annotations" / "person_keypoints_train2017.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["synthpose"]  # no temp dirs left
+
+
+def test_generated_set_is_stamped_so_ensure_uses_it(tmp_path, monkeypatch):
+    """`lofr synth` (generate) writes the stamp ensure_synthpose reads: training on a set it made with the
+    same parameters does not regenerate it (which would also change its images' mtimes, the feature cache's key)."""
+    root = tmp_path / "synthpose"
+    synth.generate(root, n_train=3, n_val=2, seed=0, progress=False, workers=1)
+    assert json.loads((root / synth.STAMP).read_text())["params"] == synth.stamp_params(3, 2, 0, synth.DEFAULT_IMAGE_SIZE)
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*.jpg")}
+    monkeypatch.setattr(synth, "generate", lambda *a, **k: pytest.fail("regenerated a set made with these parameters"))
+    assert ensure_synthpose(root, n_train=3, n_val=2, seed=0, progress=False) == root
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*.jpg")} == before
+    # another JPEG quality is another set: its stamp says so, and ensure_synthpose regenerates it
+    assert synth.stamp_params(3, 2, 0, synth.DEFAULT_IMAGE_SIZE, jpeg_quality=50)["jpeg_quality"] == 50
 
 
 def test_ensure_synthpose_is_safe_when_interrupted(tmp_path, monkeypatch):

@@ -63,9 +63,10 @@ from .synth_paint import (FACE_MIN, PART, PARTS_PER_PERSON, Canvas, background, 
                           sample_look)
 
 __all__ = ["VERSION", "DEFAULT_TRAIN", "DEFAULT_VAL", "DEFAULT_IMAGE_SIZE", "generate", "render_image",
-           "presence_table", "format_presence_table", "ensure_synthpose"]
+           "presence_table", "format_presence_table", "ensure_synthpose", "stamp_params"]
 
 VERSION = "synthpose-1.0"
+DEFAULT_JPEG_QUALITY = 90
 DEFAULT_TRAIN = 5000
 DEFAULT_VAL = 500
 DEFAULT_IMAGE_SIZE = (192, 160)  # (H, W)
@@ -325,7 +326,7 @@ def _pool_context():
 
 def generate(out_dir, n_train: int = DEFAULT_TRAIN, n_val: int = DEFAULT_VAL, seed: int = 0,
              image_size=DEFAULT_IMAGE_SIZE, workers: int = 2, progress: bool = True,
-             jpeg_quality: int = 90, overwrite: bool = False) -> dict:
+             jpeg_quality: int = DEFAULT_JPEG_QUALITY, overwrite: bool = False) -> dict:
     """Write SynthPose in the MS-COCO keypoint layout under ``out_dir`` and return stats.
 
     ``image_size`` (H, W) sets the resolution; people, parts and textures scale with it, so e.g.
@@ -338,7 +339,8 @@ def generate(out_dir, n_train: int = DEFAULT_TRAIN, n_val: int = DEFAULT_VAL, se
     files are written into a sibling ``.<name>.partial-<pid>`` folder (removed on any error) and
     moved into ``out_dir`` only when both splits are complete, the annotation files last (an old
     dataset's are removed first, so an interruption during the move leaves no annotation file that
-    disagrees with the images; a stale partial folder is removed by the next run).
+    disagrees with the images; a stale partial folder is removed by the next run). The ``synthpose.json``
+    stamp (:func:`stamp_params`) is written last, so :func:`ensure_synthpose` uses the set as it is.
     """
     from tqdm.auto import tqdm
 
@@ -400,7 +402,11 @@ def generate(out_dir, n_train: int = DEFAULT_TRAIN, n_val: int = DEFAULT_VAL, se
             pool.close()
             pool.join()
             pool = None
+        (out / STAMP).unlink(missing_ok=True)  # an old set's stamp never describes the new images
         _move_into_place(stage, out)
+        # the stamp that ensure_synthpose reads: a set made by `lofr synth` with the defaults is used as is
+        # (no timing in it: the same parameters give the same bytes, stamp included)
+        (out / STAMP).write_text(json.dumps({"params": stamp_params(n_train, n_val, seed, hw, jpeg_quality)}, indent=1))
     finally:
         if pool is not None:
             pool.terminate()
@@ -488,6 +494,14 @@ def _pid_alive(pid: str) -> bool:
     return int(pid) != os.getpid()
 
 
+def stamp_params(n_train: int, n_val: int, seed: int, image_size, jpeg_quality: int = DEFAULT_JPEG_QUALITY) -> dict:
+    """What ``synthpose.json`` records of a generated set, and what :func:`ensure_synthpose` compares:
+    the generator version, sizes, seed and image size (the JPEG quality only where it is not the default)."""
+    params = {"version": VERSION, "n_train": int(n_train), "n_val": int(n_val), "seed": int(seed),
+              "image_size": [int(v) for v in image_size]}
+    return params if int(jpeg_quality) == DEFAULT_JPEG_QUALITY else {**params, "jpeg_quality": int(jpeg_quality)}
+
+
 def ensure_synthpose(root=None, n_train: int = DEFAULT_TRAIN, n_val: int = DEFAULT_VAL, seed: int = 0,
                      image_size=DEFAULT_IMAGE_SIZE, workers: int = 2, progress: bool = True) -> Path:
     """Return the SynthPose root, generating it first if it is missing or was made with other
@@ -497,8 +511,7 @@ def ensure_synthpose(root=None, n_train: int = DEFAULT_TRAIN, n_val: int = DEFAU
     from ..paths import synthpose_dir
 
     root = Path(root) if root is not None else synthpose_dir()
-    params = {"version": VERSION, "n_train": int(n_train), "n_val": int(n_val), "seed": int(seed),
-              "image_size": [int(v) for v in image_size]}
+    params = stamp_params(n_train, n_val, seed, image_size)
     stamp = root / STAMP
     complete = all((root / "annotations" / f"person_keypoints_{s}2017.json").is_file() for s in SPLITS)
     if stamp.is_file() and complete:
@@ -518,8 +531,7 @@ def ensure_synthpose(root=None, n_train: int = DEFAULT_TRAIN, n_val: int = DEFAU
         if not _pid_alive(stale.name.rsplit("-", 1)[-1]):
             shutil.rmtree(stale, ignore_errors=True)
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
-    stats = generate(tmp, n_train, n_val, seed, image_size, workers=workers, progress=progress)
-    (tmp / STAMP).write_text(json.dumps({"params": params, "wall_time_s": round(stats["wall_time_s"], 2)}, indent=1))
+    generate(tmp, n_train, n_val, seed, image_size, workers=workers, progress=progress)  # writes the stamp
     if root.exists():
         old = root.parent / f".{root.name}.tmp-old-{os.getpid()}"
         root.rename(old)
