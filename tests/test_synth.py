@@ -396,8 +396,9 @@ def test_generated_set_is_stamped_so_ensure_uses_it(tmp_path, monkeypatch):
     monkeypatch.setattr(synth, "generate", lambda *a, **k: pytest.fail("regenerated a set made with these parameters"))
     assert ensure_synthpose(root, n_train=3, n_val=2, seed=0, progress=False) == root
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*.jpg")} == before
-    # another JPEG quality is another set: its stamp says so, and ensure_synthpose regenerates it
-    assert synth.stamp_params(3, 2, 0, synth.DEFAULT_IMAGE_SIZE, jpeg_quality=50)["jpeg_quality"] == 50
+    # another JPEG quality is another set: its stamp records it, so it never matches ensure_synthpose's params
+    other = synth.stamp_params(3, 2, 0, synth.DEFAULT_IMAGE_SIZE, jpeg_quality=50)
+    assert other["jpeg_quality"] == 50 and other != synth.stamp_params(3, 2, 0, synth.DEFAULT_IMAGE_SIZE)
 
 
 def test_ensure_synthpose_is_safe_when_interrupted(tmp_path, monkeypatch):
